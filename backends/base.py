@@ -1,0 +1,165 @@
+"""The backend protocol: what the daemon asks of every provider.
+
+A backend is small: it translates these few calls into one provider's wire format.
+Retries, request budgets, backoff and persistence live once, in the daemon. It is the
+async counterpart of divi's ``AsyncJobBackend``: submit labelled circuits and get a
+remote handle back, query statuses (many at once where the provider can), fetch
+results, cancel idempotently, and say what it can do.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class RemoteState(enum.StrEnum):
+    """A provider's job status, reduced to what the daemon acts on."""
+
+    #: accepted by the provider, waiting to run
+    QUEUED = "queued"
+    #: executing
+    RUNNING = "running"
+    #: finished; results can be fetched
+    COMPLETED = "completed"
+    #: finished without results
+    FAILED = "failed"
+    #: canceled (by us or by the provider)
+    CANCELED = "canceled"
+    #: a status this backend does not recognise; the daemon keeps polling
+    UNKNOWN = "unknown"
+
+
+class Grouping(enum.StrEnum):
+    """How a batch's circuits map onto remote jobs."""
+
+    #: one remote job per circuit (IonQ)
+    PER_CIRCUIT = "per_circuit"
+    #: one remote job for the whole batch (Qoro)
+    PER_BATCH = "per_batch"
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a backend can do; the daemon plans requests around it."""
+
+    grouping: Grouping = Grouping.PER_CIRCUIT
+    #: the provider can report many jobs' statuses in one request
+    batch_status: bool = False
+    #: at most this many ids per status request
+    max_status_batch: int = 1
+    #: the provider can find a job by the client's submission key
+    lookup_by_key: bool = False
+    #: remote jobs outlive the daemon's process (False for an in-process simulator)
+    durable: bool = True
+    #: OpenQASM major versions the provider accepts on the wire (others are converted)
+    qasm_versions: frozenset[int] = frozenset({2, 3})
+    default_shots: int = 1000
+    max_shots: int = 1_000_000
+    max_circuits_per_batch: int = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Circuit:
+    """One labelled circuit, already parsed and validated by the daemon."""
+
+    label: str
+    #: OpenQASM source in one of the backend's ``qasm_versions``
+    source: str
+    qasm_version: int
+    #: the number of classical bits: the width of every counts key
+    num_clbits: int
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitRequest:
+    """One remote job to create."""
+
+    #: unique per remote job; stored before the request so a crash can be reconciled
+    submission_key: str
+    circuits: Sequence[Circuit]
+    shots: int
+    name: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteStatus:
+    """A remote job's status as the provider reported it."""
+
+    remote_id: str
+    state: RemoteState
+    #: the provider's own status string, recorded as is
+    raw: str
+    #: why it failed, if it did (provider's code and message)
+    error: str | None = None
+
+
+#: counts keyed by bitstring, highest classical bit leftmost (Qiskit's order)
+Counts = dict[str, int]
+
+
+class Backend(abc.ABC):
+    """A provider of quantum job execution.
+
+    Every method may raise :class:`backends.errors.BackendError` subclasses:
+    ``Unavailable``/``RateLimited`` (retry later), ``Rejected`` (never retry),
+    ``AuthError`` and ``ProtocolError``.
+    """
+
+    capabilities: Capabilities = Capabilities()
+
+    def __init__(self, name: str, config: Mapping[str, Any]) -> None:
+        #: the name the backend is configured under (``[backends.<name>]``)
+        self.name = name
+        self.config = config
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Acquire resources (HTTP clients, worker processes). Called once."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release resources. Remote jobs are left running."""
+
+    @abc.abstractmethod
+    async def submit(self, request: SubmitRequest) -> str:
+        """Create one remote job and return its remote id.
+
+        Never retried by the backend itself: a retry could create a second job.
+        """
+
+    @abc.abstractmethod
+    async def status(self, remote_ids: Sequence[str]) -> dict[str, RemoteStatus]:
+        """The statuses of these jobs (at most ``max_status_batch`` ids).
+
+        Ids the provider does not know are absent from the answer.
+        """
+
+    @abc.abstractmethod
+    async def results(self, remote_id: str, circuits: Sequence[Circuit]) -> dict[str, Counts]:
+        """The counts of a completed job, by circuit label."""
+
+    @abc.abstractmethod
+    async def cancel(self, remote_ids: Sequence[str]) -> None:
+        """Cancel these jobs. Idempotent: a job already terminal is not an error."""
+
+    async def lookup(self, submission_key: str) -> str | None:
+        """The remote id of the job created with this submission key, or None if none was.
+
+        Only meaningful when ``capabilities.lookup_by_key``.
+        """
+        raise NotImplementedError(f"backend {self.name!r} cannot look up jobs by key")
+
+    def validate_options(self, options: Mapping[str, Any]) -> None:
+        """Check a batch's backend ``options`` at submission; raise ValueError saying what is wrong.
+
+        The default accepts none.
+        """
+        if options:
+            raise ValueError(f"backend {self.name!r} takes no options; got {', '.join(sorted(options))}")
+
+    def health(self) -> dict[str, Any]:
+        """Backend-specific health details for ``GET /v1/health``."""
+        return {}

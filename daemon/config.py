@@ -1,0 +1,214 @@
+"""Configuration: TOML file, environment overrides, and zero-config defaults.
+
+Lookup order for the file: ``--config``, else ``$QJOBD_CONFIG``, else
+``/etc/qjobd/qjobd.toml`` if present, else built-in defaults. ``QJOBD_SOCKET`` and
+``QJOBD_DATABASE`` override those two settings whatever the file says.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SYSTEM_CONFIG = Path("/etc/qjobd/qjobd.toml")
+
+
+class ConfigError(Exception):
+    """The configuration is invalid."""
+
+
+def default_socket_path() -> Path:
+    """Where the control socket lives when nothing says otherwise."""
+    if runtime := os.environ.get("RUNTIME_DIRECTORY"):  # systemd RuntimeDirectory=
+        return Path(runtime.split(":")[0]) / "qjobd.sock"
+    if xdg := os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(xdg) / "qjobd" / "qjobd.sock"
+    if os.geteuid() == 0:
+        return Path("/run/qjobd/qjobd.sock")
+    return Path(f"/tmp/qjobd-{os.geteuid()}/qjobd.sock")
+
+
+def default_database_path() -> Path:
+    """Where the SQLite database lives when nothing says otherwise."""
+    if state := os.environ.get("STATE_DIRECTORY"):  # systemd StateDirectory=
+        return Path(state.split(":")[0]) / "qjobd.sqlite3"
+    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(xdg) / "qjobd" / "qjobd.sqlite3"
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    socket: Path
+    database: Path
+    socket_mode: int = 0o660
+    #: largest accepted request body, bytes
+    max_request_bytes: int = 64 * 1024 * 1024
+    log_level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class PollingConfig:
+    """Per-job backoff: IonQ's helper schedule plus jitter."""
+
+    initial_interval: float = 1.0
+    backoff_factor: float = 1.5
+    max_interval: float = 30.0
+    jitter: float = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    name: str
+    type: str
+    #: requests per second for the whole backend; 0 means unlimited
+    requests_per_second: float = 0.0
+    polling: PollingConfig = field(default_factory=PollingConfig)
+    #: every other key of the backend's table, passed to the backend as is
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    daemon: DaemonConfig
+    polling: PollingConfig
+    backends: Mapping[str, BackendConfig]
+    #: where the settings came from (a path, or "built-in defaults")
+    source: str = "built-in defaults"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The effective configuration, as ``check-config`` prints it."""
+        out = asdict(self)
+        out["daemon"]["socket"] = str(self.daemon.socket)
+        out["daemon"]["database"] = str(self.daemon.database)
+        out["daemon"]["socket_mode"] = f"{self.daemon.socket_mode:04o}"
+        return out
+
+
+DEFAULT_BACKENDS: dict[str, dict[str, Any]] = {"local": {"type": "local"}}
+
+
+def find_config_file(cli_path: str | os.PathLike[str] | None) -> Path | None:
+    """The config file to read, or None for built-in defaults."""
+    if cli_path:
+        return Path(cli_path)
+    if env := os.environ.get("QJOBD_CONFIG"):
+        return Path(env)
+    if SYSTEM_CONFIG.is_file():
+        return SYSTEM_CONFIG
+    return None
+
+
+def load_config(cli_path: str | os.PathLike[str] | None = None) -> Config:
+    """Read and validate the configuration; raise ConfigError saying what is wrong where."""
+    path = find_config_file(cli_path)
+    raw: dict[str, Any] = {}
+    source = "built-in defaults"
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        source = str(path)
+    return parse_config(raw, source=source)
+
+
+def parse_config(raw: Mapping[str, Any], *, source: str = "built-in defaults") -> Config:
+    """Build a Config from a parsed TOML document."""
+    where = source
+    _only_keys(raw, {"daemon", "polling", "backends"}, where, "top level")
+    d = _table(raw, "daemon", where)
+    _only_keys(d, {"socket", "database", "socket_mode", "max_request_bytes", "log_level"},
+               where, "[daemon]")
+    socket = os.environ.get("QJOBD_SOCKET") or _str(d, "socket", where, "[daemon]")
+    database = os.environ.get("QJOBD_DATABASE") or _str(d, "database", where, "[daemon]")
+    mode_text = _str(d, "socket_mode", where, "[daemon]") or "0660"
+    try:
+        mode = int(mode_text, 8)
+    except ValueError:
+        raise ConfigError(f"{where}: [daemon] socket_mode: {mode_text!r} is not an octal mode")
+    if not 0 <= mode <= 0o777:
+        raise ConfigError(f"{where}: [daemon] socket_mode: {mode_text!r} is out of range")
+    max_bytes = _num(d, "max_request_bytes", where, "[daemon]", 64 * 1024 * 1024)
+    log_level = _str(d, "log_level", where, "[daemon]") or "info"
+    if log_level not in {"debug", "info", "warning", "error"}:
+        raise ConfigError(f"{where}: [daemon] log_level: {log_level!r} is not one of "
+                          "debug, info, warning, error")
+    daemon = DaemonConfig(
+        socket=Path(socket) if socket else default_socket_path(),
+        database=Path(database) if database else default_database_path(),
+        socket_mode=mode,
+        max_request_bytes=int(max_bytes),
+        log_level=log_level,
+    )
+    polling = _polling(_table(raw, "polling", where), PollingConfig(), where, "[polling]")
+    tables = _table(raw, "backends", where) or DEFAULT_BACKENDS
+    backends = {}
+    for name, table in tables.items():
+        ctx = f"[backends.{name}]"
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{where}: {ctx} must be a table")
+        btype = table.get("type")
+        if not isinstance(btype, str) or not btype:
+            raise ConfigError(f"{where}: {ctx} type: required, e.g. type = \"local\"")
+        rps = _num(table, "requests_per_second", where, ctx, 0.0)
+        if rps < 0:
+            raise ConfigError(f"{where}: {ctx} requests_per_second: must be >= 0")
+        own_polling = _polling(_table(table, "polling", where), polling, where, f"{ctx}.polling")
+        options = {k: v for k, v in table.items()
+                   if k not in {"type", "requests_per_second", "polling"}}
+        backends[name] = BackendConfig(name=name, type=btype, requests_per_second=float(rps),
+                                       polling=own_polling, options=options)
+    return Config(daemon=daemon, polling=polling, backends=backends, source=source)
+
+
+def _polling(t: Mapping[str, Any], base: PollingConfig, where: str, ctx: str) -> PollingConfig:
+    _only_keys(t, {"initial_interval", "backoff_factor", "max_interval", "jitter"}, where, ctx)
+    p = PollingConfig(
+        initial_interval=float(_num(t, "initial_interval", where, ctx, base.initial_interval)),
+        backoff_factor=float(_num(t, "backoff_factor", where, ctx, base.backoff_factor)),
+        max_interval=float(_num(t, "max_interval", where, ctx, base.max_interval)),
+        jitter=float(_num(t, "jitter", where, ctx, base.jitter)),
+    )
+    if p.initial_interval <= 0 or p.max_interval < p.initial_interval:
+        raise ConfigError(f"{where}: {ctx}: need 0 < initial_interval <= max_interval")
+    if p.backoff_factor < 1:
+        raise ConfigError(f"{where}: {ctx} backoff_factor: must be >= 1")
+    if not 0 <= p.jitter < 1:
+        raise ConfigError(f"{where}: {ctx} jitter: must be in [0, 1)")
+    return p
+
+
+def _table(raw: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: [{key}] must be a table")
+    return value
+
+
+def _only_keys(t: Mapping[str, Any], allowed: set[str], where: str, ctx: str) -> None:
+    unknown = sorted(set(t) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: {ctx}: unknown key(s) {', '.join(unknown)}; "
+                          f"allowed: {', '.join(sorted(allowed))}")
+
+
+def _str(t: Mapping[str, Any], key: str, where: str, ctx: str) -> str | None:
+    value = t.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{where}: {ctx} {key}: must be a string, got {value!r}")
+    return value
+
+
+def _num(t: Mapping[str, Any], key: str, where: str, ctx: str, default: float) -> float:
+    value = t.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{where}: {ctx} {key}: must be a number, got {value!r}")
+    return value
