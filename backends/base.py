@@ -158,7 +158,8 @@ class Backend(abc.ABC):
         The default accepts none.
         """
         if options:
-            raise ValueError(f"backend {self.name!r} takes no options; got {', '.join(sorted(options))}")
+            names = ", ".join(sorted(options))
+            raise ValueError(f"backend {self.name!r} takes no options; got {names}")
 
     def health(self) -> dict[str, Any]:
         """Backend-specific health details for ``GET /v1/health``."""

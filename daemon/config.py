@@ -133,7 +133,8 @@ def parse_config(raw: Mapping[str, Any], *, source: str = "built-in defaults") -
     try:
         mode = int(mode_text, 8)
     except ValueError:
-        raise ConfigError(f"{where}: [daemon] socket_mode: {mode_text!r} is not an octal mode")
+        msg = f"{where}: [daemon] socket_mode: {mode_text!r} is not an octal mode"
+        raise ConfigError(msg) from None
     if not 0 <= mode <= 0o777:
         raise ConfigError(f"{where}: [daemon] socket_mode: {mode_text!r} is out of range")
     max_bytes = _num(d, "max_request_bytes", where, "[daemon]", 64 * 1024 * 1024)

@@ -1,0 +1,90 @@
+"""Schema migrations, applied in order; ``PRAGMA user_version`` counts the applied steps.
+
+Append a step to change the schema; never edit a released one.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema
+    """
+    CREATE TABLE batches (
+        seq              INTEGER PRIMARY KEY AUTOINCREMENT,  -- list order and cursor
+        id               TEXT NOT NULL UNIQUE,
+        owner_uid        INTEGER NOT NULL,
+        backend          TEXT NOT NULL,
+        shots            INTEGER NOT NULL,
+        name             TEXT,
+        tags             TEXT NOT NULL,                      -- JSON object
+        options          TEXT NOT NULL,                      -- JSON object
+        timeout          REAL,                               -- seconds, from created_at
+        state            TEXT NOT NULL,
+        error            TEXT,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        idempotency_key  TEXT,
+        request_hash     TEXT,
+        created_at       REAL NOT NULL,
+        updated_at       REAL NOT NULL,
+        finished_at      REAL,
+        UNIQUE (owner_uid, idempotency_key)
+    );
+    CREATE INDEX batches_state ON batches (state, seq);
+    CREATE INDEX batches_backend ON batches (backend, seq);
+
+    CREATE TABLE jobs (
+        id             TEXT PRIMARY KEY,
+        batch_id       TEXT NOT NULL REFERENCES batches (id) ON DELETE CASCADE,
+        position       INTEGER NOT NULL,
+        backend        TEXT NOT NULL,
+        submission_key TEXT NOT NULL UNIQUE,  -- sent with the create; finds it after a crash
+        remote_id      TEXT,
+        state          TEXT NOT NULL,
+        remote_status  TEXT,
+        error          TEXT,
+        attempts       INTEGER NOT NULL DEFAULT 0,
+        poll_interval  REAL,
+        next_poll_at   REAL,
+        created_at     REAL NOT NULL,
+        updated_at     REAL NOT NULL,
+        finished_at    REAL
+    ) WITHOUT ROWID;
+    CREATE INDEX jobs_batch ON jobs (batch_id, position);
+    CREATE INDEX jobs_active ON jobs (backend, state)
+        WHERE state NOT IN ('completed', 'failed', 'canceled', 'timed_out');
+
+    CREATE TABLE circuits (
+        batch_id     TEXT NOT NULL REFERENCES batches (id) ON DELETE CASCADE,
+        label        TEXT NOT NULL,
+        position     INTEGER NOT NULL,
+        job_id       TEXT NOT NULL,
+        source       TEXT NOT NULL,
+        qasm_version INTEGER NOT NULL,
+        num_qubits   INTEGER NOT NULL,
+        num_clbits   INTEGER NOT NULL,
+        PRIMARY KEY (batch_id, label)
+    ) WITHOUT ROWID;
+    CREATE INDEX circuits_job ON circuits (job_id, position);
+
+    CREATE TABLE results (
+        batch_id   TEXT NOT NULL REFERENCES batches (id) ON DELETE CASCADE,
+        label      TEXT NOT NULL,
+        job_id     TEXT NOT NULL,
+        counts     TEXT NOT NULL,  -- JSON object: bitstring -> count
+        shots      INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (batch_id, label)
+    ) WITHOUT ROWID;
+
+    -- append-only log of state changes; seq is the cursor of GET /v1/events
+    CREATE TABLE events (
+        seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts       REAL NOT NULL,
+        batch_id TEXT,
+        job_id   TEXT,
+        kind     TEXT NOT NULL,
+        state    TEXT,
+        detail   TEXT  -- JSON object
+    );
+    CREATE INDEX events_batch ON events (batch_id, seq);
+    """,
+]
