@@ -59,6 +59,8 @@ class Capabilities:
     qasm_versions: frozenset[int] = frozenset({2, 3})
     default_shots: int = 1000
     max_shots: int = 1_000_000
+    #: widest circuit accepted (None: no limit known)
+    max_qubits: int | None = None
     max_circuits_per_batch: int = 100_000
 
 

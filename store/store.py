@@ -273,12 +273,14 @@ class Store:
 
     # -- reads -----------------------------------------------------------------------
 
-    async def get_batch(self, batch_id: str) -> Batch:
-        """The batch with its jobs; NotFound if there is none."""
+    async def get_batch(self, batch_id: str, *, with_jobs: bool = True) -> Batch:
+        """The batch (with its jobs unless told otherwise); NotFound if there is none."""
         row = await _one(self._reader, f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id = ?",
                          (batch_id,))
         if row is None:
             raise NotFound(f"no batch {batch_id!r}")
+        if not with_jobs:
+            return _batch(row, ())
         jobs = await self._jobs_of([batch_id])
         return _batch(row, jobs.get(batch_id, ()))
 

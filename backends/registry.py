@@ -1,0 +1,43 @@
+"""Finding backend classes by type name, through the ``qjobd.backends`` entry points.
+
+A third party adds a backend by declaring, in its own package::
+
+    [project.entry-points."qjobd.backends"]
+    mycloud = "mypkg.backend:MyCloudBackend"
+
+and configuring ``[backends.<name>] type = "mycloud"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from importlib.metadata import entry_points
+from typing import Any
+
+from backends.base import Backend
+
+GROUP = "qjobd.backends"
+
+
+class UnknownBackendType(LookupError):
+    """No installed backend has this type name."""
+
+
+def available_types() -> list[str]:
+    return sorted(ep.name for ep in entry_points(group=GROUP))
+
+
+def backend_class(type_name: str) -> type[Backend]:
+    for ep in entry_points(group=GROUP, name=type_name):
+        cls = ep.load()
+        if not (isinstance(cls, type) and issubclass(cls, Backend)):
+            raise TypeError(f"entry point {ep.value!r} for {type_name!r} is not a Backend class")
+        return cls
+    raise UnknownBackendType(
+        f"no backend type {type_name!r} is installed (installed: "
+        f"{', '.join(available_types()) or 'none'})")
+
+
+def create_backend(name: str, type_name: str, options: Mapping[str, Any]) -> Backend:
+    """Instantiate the backend configured as ``[backends.<name>]``."""
+    return backend_class(type_name)(name, options)

@@ -1,0 +1,269 @@
+"""The HTTP/JSON API served on the Unix socket (SPEC: "HTTP API on the Unix socket").
+
+Every error answer is ``{"error": {"code", "message", "details"}}`` with a fitting
+status, and a rejected request stores nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from backends.base import Backend
+from daemon import validation, views
+from daemon.config import Config
+from daemon.notify import BatchChanges
+from daemon.peer import Peer
+from daemon.scheduler import Scheduler
+from store.errors import DiskFull, IdempotencyConflict, NotFound, StoreUnavailable
+from store.models import Batch
+from store.states import JobState
+from store.store import Store
+
+log = structlog.get_logger("qjobd.api")
+
+VERSION = "0.1.0"
+#: the longest a single /wait request holds the connection
+MAX_WAIT = 300.0
+
+
+@dataclass
+class Context:
+    """What the API needs from the running daemon."""
+
+    config: Config
+    store: Store
+    backends: Mapping[str, Backend]
+    scheduler: Scheduler
+    changes: BatchChanges
+    started_at: float = field(default_factory=time.monotonic)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.details = status, code, message, details
+
+
+def error_response(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, "details": details}},
+                        status_code=status)
+
+
+def create_app(ctx: Context) -> Starlette:
+    api = _Api(ctx)
+    routes = [
+        Route("/v1/batches", api.submit, methods=["POST"]),
+        Route("/v1/batches", api.list, methods=["GET"]),
+        Route("/v1/batches/{id}", api.show, methods=["GET"]),
+        Route("/v1/batches/{id}/results", api.results, methods=["GET"]),
+        Route("/v1/batches/{id}/cancel", api.cancel, methods=["POST"]),
+        Route("/v1/batches/{id}/wait", api.wait, methods=["GET"]),
+        Route("/v1/health", api.health, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, exception_handlers={
+        ApiError: _api_error, HTTPException: _http_error, Exception: _internal_error})
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.code, exc.message, exc.details)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    message = f"{request.method} {request.url.path}: {exc.detail}"
+    return error_response(exc.status_code, code, message)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, DiskFull):
+        return error_response(507, "disk_full", f"the store cannot take writes: {exc}")
+    if isinstance(exc, StoreUnavailable):
+        return error_response(503, "store_unavailable", f"the store is unavailable: {exc}")
+    log.exception("internal error", path=request.url.path)
+    return error_response(500, "internal", "internal error; see the daemon's log")
+
+
+class _Api:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    # -- batches ---------------------------------------------------------------------
+
+    async def submit(self, request: Request) -> Response:
+        peer = _peer(request)
+        raw = await _read_body(request, self.ctx.config.daemon.max_request_bytes)
+        key = request.headers.get("idempotency-key")
+        if key is not None and not 1 <= len(key) <= 200:
+            raise ApiError(400, "invalid_request", "Idempotency-Key must be 1 to 200 characters")
+        try:
+            body = validation.parse_body(raw)
+            fields = validation.check_submission(body, self.ctx.backends)
+            backend = self.ctx.backends[fields["backend"]]
+            # parsing is CPU-bound: keep the event loop free for everyone else
+            records = await anyio.to_thread.run_sync(
+                validation.parse_circuits, fields["circuits"], backend)
+        except validation.InvalidRequest as exc:
+            raise ApiError(400, exc.code, exc.message, exc.details) from None
+        except validation.InvalidCircuits as exc:
+            raise ApiError(422, exc.code, exc.message, exc.details) from None
+        new = validation.build_batch(fields, records, backend, owner_uid=peer.uid,
+                                     idempotency_key=key, raw_body=body)
+        try:
+            batch, created = await self.ctx.store.create_batch(new)
+        except IdempotencyConflict as exc:
+            raise ApiError(409, "idempotency_conflict", str(exc),
+                           {"batch_id": exc.batch_id}) from None
+        if created:
+            self.ctx.scheduler.accepted(batch)
+            log.info("batch accepted", batch_id=batch.id, backend=batch.backend,
+                     circuits=len(records), jobs=len(batch.jobs), owner=peer.uid)
+        return JSONResponse(views.batch_view(batch), status_code=201 if created else 200)
+
+    async def list(self, request: Request) -> Response:
+        peer = _peer(request)
+        q = request.query_params
+        state = q.get("state") or None
+        if state is not None and state not in JobState.__members__.values():
+            raise ApiError(400, "invalid_request", f"unknown state {state!r}; one of "
+                           f"{', '.join(JobState)}", {"field": "state"})
+        limit = _int_param(q.get("limit"), "limit", 100, 1, 1000)
+        before = None
+        if cursor := q.get("cursor"):
+            before = _int_param(cursor, "cursor", 0, 1, 2**63)
+        batches, next_seq = await self.ctx.store.list_batches(
+            owner_uid=None if peer.admin else peer.uid, state=state,
+            backend=q.get("backend") or None, limit=limit, before_seq=before)
+        return JSONResponse({"batches": [views.batch_view(b) for b in batches],
+                             "next_cursor": None if next_seq is None else str(next_seq)})
+
+    async def show(self, request: Request) -> Response:
+        batch = await self._batch(request)
+        return JSONResponse(views.batch_view(batch))
+
+    async def results(self, request: Request) -> Response:
+        batch = await self._batch(request, with_jobs=False)
+        if not batch.state.terminal:
+            raise ApiError(409, "not_finished", f"batch {batch.id} is {batch.state}; results "
+                           "are served once it is terminal (GET .../wait)",
+                           {"state": str(batch.state)})
+        results = await self.ctx.store.results(batch.id)
+        return JSONResponse(views.results_view(batch, results))
+
+    async def cancel(self, request: Request) -> Response:
+        batch = await self._batch(request)
+        if batch.state.terminal:
+            return JSONResponse(views.batch_view(batch), status_code=200)
+        await self.ctx.store.request_cancel(batch.id)
+        self.ctx.scheduler.cancel(batch)
+        log.info("cancel requested", batch_id=batch.id, backend=batch.backend)
+        batch = await self.ctx.store.get_batch(batch.id)
+        return JSONResponse(views.batch_view(batch), status_code=202)
+
+    async def wait(self, request: Request) -> Response:
+        seconds = _float_param(request.query_params.get("timeout"), "timeout", 30.0, 0, MAX_WAIT)
+        batch = await self._batch(request, with_jobs=False)
+        deadline = time.monotonic() + seconds
+        while not batch.state.terminal:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            await self.ctx.changes.wait(batch.id, left)
+            batch = await self.ctx.store.get_batch(batch.id, with_jobs=False)
+        batch = await self.ctx.store.get_batch(batch.id)
+        return JSONResponse(views.batch_view(batch))
+
+    # -- daemon ----------------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
+        counts = await self.ctx.store.counts_by_state()
+        writer = self.ctx.store.writer
+        return JSONResponse({
+            "status": "ok",
+            "version": VERSION,
+            "pid": os.getpid(),
+            "uptime": round(time.monotonic() - self.ctx.started_at, 3),
+            "database": str(self.ctx.store.path),
+            "batches": counts["batches"],
+            "jobs": counts["jobs"],
+            "in_flight": self.ctx.scheduler.in_flight(),
+            "store": {"commits": writer.stats.commits, "writes": writer.stats.operations,
+                      "backlog": writer.backlog, "last_error": writer.stats.last_error},
+            "backends": {name: runner.health()
+                         for name, runner in self.ctx.scheduler.runners.items()},
+        })
+
+    async def _batch(self, request: Request, *, with_jobs: bool = True) -> Batch:
+        batch_id = request.path_params["id"]
+        try:
+            batch = await self.ctx.store.get_batch(batch_id, with_jobs=with_jobs)
+        except NotFound:
+            raise ApiError(404, "not_found", f"no batch {batch_id!r}") from None
+        peer = _peer(request)
+        if not peer.admin and batch.owner_uid != peer.uid:
+            raise ApiError(403, "forbidden", f"batch {batch_id} belongs to "
+                           f"{views.user_name(batch.owner_uid)}, not to you")
+        return batch
+
+
+def _peer(request: Request) -> Peer:
+    peer = request.scope.get("state", {}).get("peer")
+    # no peer credentials (in-process use): the daemon's own user
+    return peer if isinstance(peer, Peer) else Peer.me()
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise ApiError(413, "too_large", f"the body is {int(length)} bytes; the limit is {limit}",
+                       {"limit": limit})
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "too_large", f"the body is over the limit of {limit} bytes",
+                           {"limit": limit})
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _int_param(value: str | None, name: str, default: int, low: int, high: int) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ApiError(400, "invalid_request", f"{name!r} must be an integer, got {value!r}",
+                       {"field": name}) from None
+    if not low <= number <= high:
+        raise ApiError(400, "invalid_request", f"{name!r} must be between {low} and {high}",
+                       {"field": name})
+    return number
+
+
+def _float_param(value: str | None, name: str, default: float, low: float, high: float) -> float:
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ApiError(400, "invalid_request", f"{name!r} must be a number, got {value!r}",
+                       {"field": name}) from None
+    if not low <= number <= high:
+        raise ApiError(400, "invalid_request", f"{name!r} must be between {low:g} and {high:g}",
+                       {"field": name})
+    return number
+

@@ -1,0 +1,66 @@
+"""``qjobd``: the daemon's command line.
+
+    qjobd serve [--config PATH]          run in the foreground (systemd-friendly)
+    qjobd check-config [--config PATH]   validate and print the effective configuration
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+from backends.registry import UnknownBackendType, backend_class
+from daemon import logs
+from daemon.api import VERSION
+from daemon.config import Config, ConfigError, load_config
+from daemon.server import SocketInUse
+from store.errors import StoreError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="qjobd", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"qjobd {VERSION}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("serve", "run the daemon in the foreground"),
+                       ("check-config", "validate and print the effective configuration")):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("--config", metavar="PATH", help="the TOML configuration file")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+        check_backends(config)
+    except ConfigError as exc:
+        print(f"qjobd: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "check-config":
+        print(json.dumps(config.to_dict(), indent=2))
+        return 0
+    logs.configure(config.daemon.log_level)
+    from daemon import service  # after logging is configured
+
+    try:
+        asyncio.run(service.run(config))
+    except (StoreError, SocketInUse) as exc:
+        print(f"qjobd: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def check_backends(config: Config) -> None:
+    """Every configured backend's type must be installed and accept its options."""
+    for name, bc in config.backends.items():
+        try:
+            cls = backend_class(bc.type)
+        except UnknownBackendType as exc:
+            raise ConfigError(f"{config.source}: [backends.{name}] {exc}") from None
+        try:
+            cls(name, bc.options)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{config.source}: [backends.{name}] {exc}") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

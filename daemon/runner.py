@@ -1,0 +1,462 @@
+"""One backend's engine: submits its queued jobs, polls its remote jobs, stores results.
+
+Each job carries its own backoff (stored with the job, so a restart continues the
+schedule). Due polls sit in one heap per backend rather than one sleeping task per job:
+that keeps 100,000 in-flight jobs cheap and lets polls that fall due together be
+merged into one request where the provider can answer for many jobs at once. Every
+request draws from the backend's budget; a 429 pauses this backend only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import structlog
+
+from backends import qasm
+from backends.base import Backend, Circuit, RemoteState, RemoteStatus, SubmitRequest
+from backends.errors import BackendError, RateLimited, Rejected, Unavailable
+from daemon.backoff import Backoff
+from daemon.config import BackendConfig
+from daemon.ratelimit import RequestBudget
+from store.errors import StoreError
+from store.models import Job
+from store.states import IllegalTransition, JobState, can_move
+from store.store import Store
+
+log = structlog.get_logger("qjobd.runner")
+R = TypeVar("R")
+
+_REMOTE_TO_JOB = {
+    RemoteState.QUEUED: JobState.SUBMITTED,
+    RemoteState.RUNNING: JobState.RUNNING,
+    RemoteState.COMPLETED: JobState.COMPLETED,
+    RemoteState.FAILED: JobState.FAILED,
+    RemoteState.CANCELED: JobState.CANCELED,
+}
+
+#: polls due within this window of the first are sent together (coalescing)
+COALESCE_WINDOW = 0.05
+#: at most this many requests to one backend in flight at once
+MAX_IN_FLIGHT = 16
+
+
+@dataclass(slots=True)
+class Tracked:
+    """What the engine keeps in memory about one in-flight job."""
+
+    job_id: str
+    batch_id: str
+    state: JobState
+    remote_id: str | None
+    interval: float | None
+    raw: str | None
+
+
+class BackendRunner:
+    """Drives every job of one backend to a terminal state."""
+
+    def __init__(self, backend: Backend, config: BackendConfig, store: Store,
+                 on_batch_change: Callable[[str], None]) -> None:
+        self.backend = backend
+        self.name = backend.name
+        self.config = config
+        self.store = store
+        self.budget = RequestBudget(config.requests_per_second)
+        self.backoff = Backoff(config.polling)
+        self._on_batch_change = on_batch_change
+        self._log = log.bind(backend=self.name)
+        self._jobs: dict[str, Tracked] = {}
+        self._heap: list[tuple[float, int, str]] = []
+        self._seq = itertools.count()
+        self._wake = asyncio.Event()
+        self._submit_queue: asyncio.Queue[str] = asyncio.Queue()
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pending_schedule: list[tuple[str, str | None, float, float]] = []
+        #: counters for health and tests
+        self.requests = 0
+        self.errors = 0
+        self.last_error: str | None = None
+
+    # -- public ----------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._jobs)
+
+    def health(self) -> dict[str, object]:
+        return {
+            "type": self.config.type,
+            "in_flight": self.in_flight,
+            "submit_backlog": self._submit_queue.qsize(),
+            "requests": self.requests,
+            "errors": self.errors,
+            "last_error": self.last_error,
+            "requests_per_second": self.config.requests_per_second or None,
+            "paused_for": round(self.budget.paused_for, 3),
+            **self.backend.health(),
+        }
+
+    async def resume(self, jobs: Iterable[Job]) -> None:
+        """Take over the non-terminal jobs found in the store at start."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        wall = _wall_offset(loop)
+        durable = self.backend.capabilities.durable
+        for job in jobs:
+            tracked = Tracked(job.id, job.batch_id, job.state, job.remote_id,
+                              job.poll_interval, job.remote_status)
+            self._jobs[job.id] = tracked
+            if job.state == JobState.QUEUED:
+                self._submit_queue.put_nowait(job.id)
+            elif job.state == JobState.SUBMITTING or not durable:
+                self._spawn(self._recover(tracked))
+            else:
+                due = (job.next_poll_at - wall) if job.next_poll_at else now
+                self._push(max(due, now), job.id)
+        if self._jobs:
+            self._log.info("resumed jobs", jobs=len(self._jobs))
+
+    def enqueue(self, jobs: Iterable[Job]) -> None:
+        """Accept newly stored (queued) jobs."""
+        for job in jobs:
+            self._jobs[job.id] = Tracked(job.id, job.batch_id, job.state, None, None, None)
+            self._submit_queue.put_nowait(job.id)
+
+    async def cancel(self, job_ids: Sequence[str], *, reason: JobState = JobState.CANCELED,
+                     why: str = "canceled by user") -> None:
+        """End these jobs as ``reason``, canceling their remote jobs first."""
+        remote: list[Tracked] = []
+        for job_id in job_ids:
+            tracked = self._jobs.get(job_id)
+            if tracked is None:
+                continue
+            if tracked.remote_id is None:
+                await self._move(tracked, reason, error=why if reason != JobState.CANCELED
+                                 else None, detail={"reason": why})
+            else:
+                remote.append(tracked)
+        chunk = max(1, self.backend.capabilities.max_status_batch)
+        for start in range(0, len(remote), chunk):
+            group = remote[start:start + chunk]
+            try:
+                await self._request(self.backend.cancel, [t.remote_id for t in group])
+            except BackendError as exc:
+                self._log.warning("remote cancel failed; ending the jobs anyway",
+                                  error=str(exc), jobs=len(group))
+            for tracked in group:
+                if tracked.job_id in self._jobs:
+                    await self._move(tracked, reason,
+                                     error=why if reason != JobState.CANCELED else None,
+                                     detail={"reason": why})
+
+    async def run(self) -> None:
+        """The engine's loops; runs until cancelled."""
+        submitters = [asyncio.create_task(self._submit_loop(), name=f"{self.name}-submit-{i}")
+                      for i in range(4)]
+        try:
+            await self._poll_loop()
+        finally:
+            for task in [*submitters, *self._tasks]:
+                task.cancel()
+            await asyncio.gather(*submitters, *self._tasks, return_exceptions=True)
+            await self._flush_schedule()
+
+    # -- submission ------------------------------------------------------------------
+
+    async def _submit_loop(self) -> None:
+        while True:
+            job_id = await self._submit_queue.get()
+            tracked = self._jobs.get(job_id)
+            if tracked is None or tracked.state != JobState.QUEUED:
+                continue
+            with structlog.contextvars.bound_contextvars(
+                    job_id=job_id, batch_id=tracked.batch_id, backend=self.name):
+                try:
+                    await self._submit(tracked)
+                except (StoreError, IllegalTransition) as exc:
+                    self._log.error("submission could not be recorded", error=str(exc))
+                    self._retry_later(tracked)
+
+    async def _submit(self, tracked: Tracked) -> None:
+        batch = await self.store.get_batch(tracked.batch_id, with_jobs=False)
+        job = await self.store.get_job(tracked.job_id)
+        records = await self.store.circuits(tracked.job_id)
+        try:
+            circuits = [self._wire_circuit(r.label, r.source) for r in records]
+        except qasm.QasmError as exc:
+            await self._move(tracked, JobState.FAILED, error=str(exc))
+            return
+        # the intent is stored before the request: a crash from here on is reconciled
+        await self._move(tracked, JobState.SUBMITTING)
+        request = SubmitRequest(submission_key=job.submission_key, circuits=circuits,
+                                shots=batch.shots, name=batch.name or None,
+                                options=batch.options)
+        try:
+            remote_id = await self._request(self.backend.submit, request)
+        except Rejected as exc:
+            await self._move(tracked, JobState.FAILED, error=f"rejected by {self.name}: {exc}")
+            return
+        except BackendError as exc:
+            # the job may or may not exist remotely now: find out before any resubmission
+            self._log.warning("submission outcome unknown; will reconcile", error=str(exc))
+            await asyncio.sleep(self.backoff.first())
+            self._spawn(self._recover(tracked))
+            return
+        self._log.info("submitted", remote_id=remote_id)
+        if tracked.state.terminal:  # canceled while the create was in flight
+            await self._cancel_orphan(remote_id)
+            return
+        await self._submitted(tracked, remote_id)
+
+    async def _cancel_orphan(self, remote_id: str) -> None:
+        try:
+            await self._request(self.backend.cancel, [remote_id])
+        except BackendError as exc:
+            self._log.warning("could not cancel a job created after its cancel",
+                              remote_id=remote_id, error=str(exc))
+
+    def _wire_circuit(self, label: str, source: str) -> Circuit:
+        parsed = qasm.parse_circuit(label, source)
+        versions = self.backend.capabilities.qasm_versions
+        wire = qasm.convert(parsed, versions)
+        version = parsed.qasm_version if parsed.qasm_version in versions else min(versions)
+        return Circuit(label=label, source=wire, qasm_version=version,
+                       num_clbits=parsed.num_clbits)
+
+    async def _submitted(self, tracked: Tracked, remote_id: str) -> None:
+        interval = self.backoff.first()
+        await self._move(tracked, JobState.SUBMITTED, remote_id=remote_id,
+                         poll_interval=interval, next_poll_at=_wall(interval))
+        tracked.interval = interval
+        self._push(asyncio.get_running_loop().time() + interval, tracked.job_id)
+
+    async def _recover(self, tracked: Tracked) -> None:
+        """Settle a job whose submission or remote job may have been lost with a crash."""
+        with structlog.contextvars.bound_contextvars(
+                job_id=tracked.job_id, batch_id=tracked.batch_id, backend=self.name):
+            caps = self.backend.capabilities
+            if not caps.durable:
+                # the simulator's work died with the old process: nothing exists remotely
+                await self._move(tracked, JobState.QUEUED, detail={
+                    "reason": f"{self.name} jobs do not survive a restart; running it again"})
+                self._submit_queue.put_nowait(tracked.job_id)
+                return
+            if not caps.lookup_by_key:
+                await self._move(tracked, JobState.FAILED, error=(
+                    "the submission was interrupted and this backend cannot tell whether the "
+                    "job was created; not resubmitting to avoid a duplicate"))
+                return
+            job = await self.store.get_job(tracked.job_id)
+            while True:
+                try:
+                    remote_id = await self._request(self.backend.lookup, job.submission_key)
+                    break
+                except Unavailable as exc:
+                    self._log.warning("lookup failed; retrying", error=str(exc))
+                    await asyncio.sleep(self.backoff.next(tracked.interval))
+            if remote_id is None:
+                await self._move(tracked, JobState.QUEUED, detail={
+                    "reason": "interrupted submission: the provider has no such job; "
+                              "submitting again"})
+                self._submit_queue.put_nowait(tracked.job_id)
+            else:
+                self._log.info("interrupted submission found remotely", remote_id=remote_id)
+                await self._submitted(tracked, remote_id)
+
+    # -- polling ---------------------------------------------------------------------
+
+    def _push(self, due: float, job_id: str) -> None:
+        first = not self._heap or due < self._heap[0][0]
+        heapq.heappush(self._heap, (due, next(self._seq), job_id))
+        if first:
+            self._wake.set()
+
+    async def _poll_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._wake.clear()
+            if not self._heap:
+                await self._flush_schedule()
+                await self._wake.wait()
+                continue
+            delay = self._heap[0][0] - loop.time()
+            if delay > 0:
+                await self._flush_schedule()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                except TimeoutError:
+                    pass
+                continue
+            limit = loop.time() + COALESCE_WINDOW
+            due: list[Tracked] = []
+            while self._heap and self._heap[0][0] <= limit:
+                _, _, job_id = heapq.heappop(self._heap)
+                tracked = self._jobs.get(job_id)
+                if tracked is not None and tracked.remote_id is not None \
+                        and not tracked.state.terminal:
+                    due.append(tracked)
+            caps = self.backend.capabilities
+            size = caps.max_status_batch if caps.batch_status else 1
+            for start in range(0, len(due), size):
+                await self._slots.acquire()
+                self._spawn(self._poll(due[start:start + size]), slot=True)
+
+    async def _poll(self, group: list[Tracked]) -> None:
+        try:
+            statuses = await self._request(self.backend.status, [t.remote_id for t in group])
+        except BackendError as exc:
+            for tracked in group:
+                self._later(tracked, None)
+            self._log.warning("status poll failed", error=str(exc), jobs=len(group))
+            return
+        for tracked in group:
+            status = statuses.get(tracked.remote_id or "")
+            with structlog.contextvars.bound_contextvars(
+                    job_id=tracked.job_id, batch_id=tracked.batch_id, backend=self.name):
+                try:
+                    await self._handle(tracked, status)
+                except (StoreError, IllegalTransition) as exc:
+                    self._log.error("could not record a poll", error=str(exc))
+                    self._later(tracked, None)
+
+    async def _handle(self, tracked: Tracked, status: RemoteStatus | None) -> None:
+        if status is None:
+            if not self.backend.capabilities.durable:
+                await self._recover(tracked)
+                return
+            self._log.warning("the provider does not know this job; still polling",
+                              remote_id=tracked.remote_id)
+            self._later(tracked, None)
+            return
+        target = _REMOTE_TO_JOB.get(status.state)
+        raw_changed = status.raw if status.raw != tracked.raw else None
+        if target is None or target == tracked.state or not can_move(tracked.state, target):
+            if status.state == RemoteState.UNKNOWN and raw_changed:
+                self._log.warning("unrecognised remote status; still polling", raw=status.raw)
+            tracked.raw = status.raw
+            self._later(tracked, raw_changed)
+            return
+        if target == JobState.COMPLETED:
+            await self._complete(tracked, status)
+            return
+        await self._move(tracked, target, remote_status=status.raw, error=status.error)
+        tracked.raw = status.raw
+        if not target.terminal:
+            # a status change resets the backoff: things are moving
+            tracked.interval = None
+            self._later(tracked, None)
+
+    async def _complete(self, tracked: Tracked, status: RemoteStatus) -> None:
+        records = await self.store.circuits(tracked.job_id)
+        circuits = [Circuit(r.label, r.source, r.qasm_version, r.num_clbits) for r in records]
+        try:
+            counts = await self._request(self.backend.results, tracked.remote_id, circuits)
+        except Unavailable as exc:
+            self._log.warning("result fetch failed; retrying", error=str(exc))
+            self._later(tracked, None)
+            return
+        except BackendError as exc:
+            await self._move(tracked, JobState.FAILED, remote_status=status.raw,
+                             error=f"results could not be read: {exc}")
+            return
+        missing = [c.label for c in circuits if c.label not in counts]
+        if missing:
+            await self._move(tracked, JobState.FAILED, remote_status=status.raw,
+                             error=f"the provider returned no counts for {', '.join(missing)}")
+            return
+        batch = await self.store.get_batch(tracked.batch_id, with_jobs=False)
+        await self._move(tracked, JobState.COMPLETED, remote_status=status.raw,
+                         results={c.label: counts[c.label] for c in circuits},
+                         shots=batch.shots)
+        self._log.info("completed", remote_id=tracked.remote_id)
+
+    def _later(self, tracked: Tracked, raw_changed: str | None) -> None:
+        """Schedule the job's next poll with backoff; the store learns it in the next flush."""
+        tracked.interval = self.backoff.next(tracked.interval)
+        loop = asyncio.get_running_loop()
+        self._push(loop.time() + tracked.interval, tracked.job_id)
+        self._pending_schedule.append(
+            (tracked.job_id, raw_changed, tracked.interval, _wall(tracked.interval)))
+
+    async def _flush_schedule(self) -> None:
+        if not self._pending_schedule:
+            return
+        rows, self._pending_schedule = self._pending_schedule, []
+        try:
+            await self.store.reschedule(rows)
+        except StoreError as exc:
+            # only the stored schedule is stale: a restart would poll these a little early
+            self._log.warning("could not store poll schedule", error=str(exc), jobs=len(rows))
+
+    # -- plumbing --------------------------------------------------------------------
+
+    async def _request(self, fn: Callable[..., Awaitable[R]], *args: Any) -> R:
+        await self.budget.acquire()
+        self.requests += 1
+        try:
+            return await fn(*args)
+        except RateLimited as exc:
+            pause = exc.retry_after if exc.retry_after is not None else self.backoff.first()
+            self.budget.pause(pause)
+            self._note_error(exc)
+            self._log.warning("rate limited; pausing backend", seconds=pause)
+            raise
+        except BackendError as exc:
+            self._note_error(exc)
+            raise
+
+    def _note_error(self, exc: BaseException) -> None:
+        self.errors += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+
+    async def _move(self, tracked: Tracked, target: JobState, **changes: Any) -> None:
+        batch_state = await self.store.transition(tracked.job_id, target, **changes)
+        tracked.state = target
+        if "remote_id" in changes and changes["remote_id"] is not None:
+            tracked.remote_id = str(changes["remote_id"])
+        if target == JobState.QUEUED:
+            tracked.remote_id = None
+            tracked.interval = None
+        self._log.debug("job state", state=str(target), batch_state=str(batch_state))
+        if target.terminal:
+            self._jobs.pop(tracked.job_id, None)
+        self._on_batch_change(tracked.batch_id)
+
+    def _retry_later(self, tracked: Tracked) -> None:
+        """After a store failure mid-submission, try again once the store may be back."""
+        loop = asyncio.get_running_loop()
+        delay = self.config.polling.max_interval
+        if tracked.state == JobState.QUEUED:
+            loop.call_later(delay, self._submit_queue.put_nowait, tracked.job_id)
+        else:  # the remote job may exist: settle it the way a restart would
+            loop.call_later(delay, lambda: self._spawn(self._recover(tracked)))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], *, slot: bool = False) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            if slot:
+                self._slots.release()
+            if not t.cancelled() and t.exception() is not None:
+                self._log.error("engine task failed", error=repr(t.exception()))
+
+        task.add_done_callback(done)
+
+
+def _wall_offset(loop: asyncio.AbstractEventLoop) -> float:
+    """Wall-clock time minus loop time: converts stored due times to loop times."""
+    return time.time() - loop.time()
+
+
+def _wall(delay: float) -> float:
+    return time.time() + delay

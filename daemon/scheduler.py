@@ -1,0 +1,120 @@
+"""The scheduler: routes batches to their backend's engine, cancels, and enforces timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import time
+from collections.abc import Mapping
+
+import structlog
+
+from backends.base import Backend
+from daemon.config import BackendConfig
+from daemon.notify import BatchChanges
+from daemon.runner import BackendRunner
+from store.models import Batch
+from store.states import JobState
+from store.store import Store
+
+log = structlog.get_logger("qjobd.scheduler")
+
+
+class Scheduler:
+    """Owns one :class:`BackendRunner` per configured backend."""
+
+    def __init__(self, store: Store, backends: Mapping[str, Backend],
+                 configs: Mapping[str, BackendConfig], changes: BatchChanges) -> None:
+        self.store = store
+        self.changes = changes
+        self.runners = {name: BackendRunner(backend, configs[name], store, changes.notify)
+                        for name, backend in backends.items()}
+        self._deadlines: list[tuple[float, str]] = []
+        self._deadline_wake = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        """Resume stored work, then drive every backend until cancelled."""
+        await self._resume()
+        tasks = [asyncio.create_task(r.run(), name=f"runner-{n}") for n, r in self.runners.items()]
+        tasks.append(asyncio.create_task(self._deadline_loop(), name="deadlines"))
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in [*tasks, *self._background]:
+                task.cancel()
+            await asyncio.gather(*tasks, *self._background, return_exceptions=True)
+
+    def accepted(self, batch: Batch) -> None:
+        """A batch was just stored: start its jobs."""
+        self.runners[batch.backend].enqueue(batch.jobs)
+        self._watch_deadline(batch)
+
+    def cancel(self, batch: Batch) -> None:
+        """End a batch's unfinished jobs as canceled (in the background)."""
+        pending = [j.id for j in batch.jobs if not j.state.terminal]
+        if pending:
+            self._spawn(self.runners[batch.backend].cancel(pending))
+
+    def in_flight(self) -> int:
+        return sum(r.in_flight for r in self.runners.values())
+
+    # -- internals -------------------------------------------------------------------
+
+    async def _resume(self) -> None:
+        jobs = await self.store.active_jobs()
+        by_backend: dict[str, list] = {}
+        orphans = 0
+        for job in jobs:
+            if job.backend in self.runners:
+                by_backend.setdefault(job.backend, []).append(job)
+            else:
+                orphans += 1
+        if orphans:
+            # kept, not failed: configuring the backend again resumes them
+            log.warning("jobs of backends no longer configured are left as they are",
+                        jobs=orphans)
+        for name, runner_jobs in by_backend.items():
+            await self.runners[name].resume(runner_jobs)
+        for batch in await self.store.active_batches():
+            if batch.backend not in self.runners:
+                continue
+            if batch.cancel_requested:
+                self.cancel(await self.store.get_batch(batch.id))
+            self._watch_deadline(batch)
+
+    def _watch_deadline(self, batch: Batch) -> None:
+        if batch.deadline is None:
+            return
+        first = not self._deadlines or batch.deadline < self._deadlines[0][0]
+        heapq.heappush(self._deadlines, (batch.deadline, batch.id))
+        if first:
+            self._deadline_wake.set()
+
+    async def _deadline_loop(self) -> None:
+        while True:
+            self._deadline_wake.clear()
+            if not self._deadlines:
+                await self._deadline_wake.wait()
+                continue
+            delay = self._deadlines[0][0] - time.time()
+            if delay > 0:
+                try:
+                    await asyncio.wait_for(self._deadline_wake.wait(), delay)
+                except TimeoutError:
+                    pass
+                continue
+            _, batch_id = heapq.heappop(self._deadlines)
+            batch = await self.store.get_batch(batch_id)
+            pending = [j.id for j in batch.jobs if not j.state.terminal]
+            if pending:
+                log.info("batch timed out", batch_id=batch_id, backend=batch.backend,
+                         jobs=len(pending), timeout=batch.timeout)
+                self._spawn(self.runners[batch.backend].cancel(
+                    pending, reason=JobState.TIMED_OUT,
+                    why=f"the batch's timeout of {batch.timeout:g} s passed"))
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.create_task(coro)  # type: ignore[arg-type]
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)

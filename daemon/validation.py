@@ -1,0 +1,170 @@
+"""Checking a submission before anything is stored: shape, limits, backend, and every circuit."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from backends import qasm
+from backends.base import Backend, Grouping
+from store.models import CircuitRecord, NewBatch
+
+MAX_LABEL = 200
+MAX_NAME = 500
+MAX_TAGS = 64
+MAX_TAG_TEXT = 500
+_FIELDS = {"backend", "circuits", "shots", "name", "tags", "timeout", "options"}
+
+
+class InvalidRequest(Exception):
+    """The request is malformed (HTTP 400)."""
+
+    code = "invalid_request"
+
+    def __init__(self, message: str, details: Any = None, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        if code:
+            self.code = code
+
+
+class InvalidCircuits(Exception):
+    """One or more circuits are not valid OpenQASM (HTTP 422)."""
+
+    code = "invalid_qasm"
+
+    def __init__(self, errors: list[qasm.QasmError]) -> None:
+        self.errors = errors
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        self.message = f"{errors[0]}{more}"
+        self.details = [e.to_dict() for e in errors]
+        super().__init__(self.message)
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequest(f"the body is not valid JSON: {exc}", code="malformed_json") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object", code="malformed_json")
+    return body
+
+
+def check_submission(body: Mapping[str, Any], backends: Mapping[str, Backend]) -> dict[str, Any]:
+    """Check everything but the circuits' QASM; return the normalised fields."""
+    unknown = sorted(set(body) - _FIELDS)
+    if unknown:
+        raise InvalidRequest(f"unknown field(s): {', '.join(unknown)}",
+                             {"fields": unknown, "allowed": sorted(_FIELDS)})
+    name = body.get("backend")
+    if not isinstance(name, str) or not name:
+        raise InvalidRequest("'backend' is required: the name of a configured backend",
+                             {"field": "backend", "backends": sorted(backends)})
+    backend = backends.get(name)
+    if backend is None:
+        raise InvalidRequest(f"unknown backend {name!r}; configured: {', '.join(sorted(backends))}",
+                             {"field": "backend", "backends": sorted(backends)},
+                             code="unknown_backend")
+    caps = backend.capabilities
+    circuits = body.get("circuits")
+    if not isinstance(circuits, dict):
+        raise InvalidRequest("'circuits' is required: an object mapping labels to OpenQASM source",
+                             {"field": "circuits"})
+    if not circuits:
+        raise InvalidRequest("'circuits' is empty: a batch needs at least one circuit",
+                             {"field": "circuits"}, code="empty_batch")
+    if len(circuits) > caps.max_circuits_per_batch:
+        raise InvalidRequest(f"too many circuits: {len(circuits)} > "
+                             f"{caps.max_circuits_per_batch} for backend {name!r}",
+                             {"field": "circuits", "limit": caps.max_circuits_per_batch})
+    for label, source in circuits.items():
+        if not label or len(label) > MAX_LABEL or not label.isprintable():
+            raise InvalidRequest(f"circuit label {label!r} must be 1 to {MAX_LABEL} printable "
+                                 "characters", {"field": "circuits", "label": label})
+        if not isinstance(source, str):
+            raise InvalidRequest(f"circuit {label!r}: the source must be a string of OpenQASM, "
+                                 f"not {type(source).__name__}", {"field": "circuits",
+                                                                  "label": label})
+    shots = body.get("shots", caps.default_shots)
+    if isinstance(shots, bool) or not isinstance(shots, int):
+        raise InvalidRequest(f"'shots' must be an integer, not {shots!r}", {"field": "shots"})
+    if not 1 <= shots <= caps.max_shots:
+        raise InvalidRequest(f"'shots' must be between 1 and {caps.max_shots} for backend "
+                             f"{name!r}, got {shots}", {"field": "shots", "min": 1,
+                                                        "max": caps.max_shots},
+                             code="out_of_range")
+    batch_name = body.get("name")
+    if batch_name is not None and (not isinstance(batch_name, str) or len(batch_name) > MAX_NAME):
+        raise InvalidRequest(f"'name' must be a string of at most {MAX_NAME} characters",
+                             {"field": "name"})
+    tags = body.get("tags") or {}
+    if not isinstance(tags, dict) or len(tags) > MAX_TAGS or not all(
+            isinstance(k, str) and isinstance(v, str) and len(k) <= MAX_TAG_TEXT
+            and len(v) <= MAX_TAG_TEXT for k, v in tags.items()):
+        raise InvalidRequest(f"'tags' must be an object of at most {MAX_TAGS} string -> string "
+                             "pairs", {"field": "tags"})
+    timeout = body.get("timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)
+                                or not math.isfinite(timeout) or timeout <= 0):
+        raise InvalidRequest(f"'timeout' must be a positive number of seconds, got {timeout!r}",
+                             {"field": "timeout"})
+    options = body.get("options") or {}
+    if not isinstance(options, dict):
+        raise InvalidRequest("'options' must be an object", {"field": "options"})
+    try:
+        backend.validate_options(options)
+    except ValueError as exc:
+        raise InvalidRequest(f"'options': {exc}", {"field": "options"},
+                             code="invalid_options") from None
+    return {"backend": name, "circuits": circuits, "shots": shots, "name": batch_name,
+            "tags": tags, "timeout": float(timeout) if timeout is not None else None,
+            "options": options}
+
+
+def parse_circuits(circuits: Mapping[str, str], backend: Backend) -> list[CircuitRecord]:
+    """Parse every circuit and check it can be sent to the backend; CPU-bound (run in a thread).
+
+    Reports every invalid circuit, not only the first.
+    """
+    records, errors = [], []
+    versions = backend.capabilities.qasm_versions
+    for label, source in circuits.items():
+        try:
+            parsed = qasm.parse_circuit(label, source)
+            limit = backend.capabilities.max_qubits
+            if limit is not None and parsed.num_qubits > limit:
+                raise qasm.QasmError(label, f"the circuit uses {parsed.num_qubits} qubits; "
+                                     f"backend {backend.name!r} takes at most {limit}")
+            if parsed.qasm_version not in versions:
+                qasm.convert(parsed, versions)  # raises if it has no form the backend takes
+        except qasm.QasmError as exc:
+            errors.append(exc)
+            continue
+        records.append(CircuitRecord(label=label, source=source,
+                                     qasm_version=parsed.qasm_version,
+                                     num_qubits=parsed.num_qubits, num_clbits=parsed.num_clbits))
+    if errors:
+        raise InvalidCircuits(errors)
+    return records
+
+
+def build_batch(fields: Mapping[str, Any], records: list[CircuitRecord], backend: Backend, *,
+                owner_uid: int, idempotency_key: str | None, raw_body: Mapping[str, Any]
+                ) -> NewBatch:
+    if backend.capabilities.grouping == Grouping.PER_BATCH:
+        groups = [[r.label for r in records]]
+    else:
+        groups = [[r.label] for r in records]
+    digest = None
+    if idempotency_key is not None:
+        canonical = json.dumps(raw_body, sort_keys=True, separators=(",", ":"))
+        digest = hashlib.sha256(canonical.encode()).hexdigest()
+    return NewBatch(owner_uid=owner_uid, backend=fields["backend"], shots=fields["shots"],
+                    circuits=records, groups=groups, name=fields["name"], tags=fields["tags"],
+                    options=fields["options"], timeout=fields["timeout"],
+                    idempotency_key=idempotency_key, request_hash=digest)
