@@ -17,7 +17,7 @@ from daemon.peer import PeerCredProtocol
 
 
 class SocketInUse(Exception):
-    """Another process is serving on the socket path."""
+    """Another qjobd is serving on the socket path or the database."""
 
 
 class SocketServer(uvicorn.Server):

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import structlog
 
@@ -20,10 +23,26 @@ from daemon.api import Context, create_app
 from daemon.config import Config
 from daemon.notify import BatchChanges
 from daemon.scheduler import Scheduler
-from daemon.server import bind_socket, make_server
+from daemon.server import SocketInUse, bind_socket, make_server
 from store.store import Store
 
 log = structlog.get_logger("qjobd")
+
+
+@contextlib.contextmanager
+def exclusive(database: Path) -> Iterator[None]:
+    """Hold a lock beside the database: two daemons on one store would submit jobs twice."""
+    database.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(f"{database}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SocketInUse(f"another qjobd is already serving on database {database}") \
+                from None
+        yield
+    finally:
+        os.close(fd)
 
 
 @contextlib.asynccontextmanager
@@ -45,6 +64,11 @@ async def started_backends(config: Config) -> AsyncIterator[dict[str, Backend]]:
 
 async def run(config: Config) -> None:
     """Serve until SIGTERM or SIGINT."""
+    with exclusive(config.daemon.database):
+        await _serve(config)
+
+
+async def _serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
