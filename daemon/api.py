@@ -6,9 +6,10 @@ status, and a rejected request stores nothing.
 
 from __future__ import annotations
 
+import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,7 @@ import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from backends.base import Backend
@@ -70,6 +71,7 @@ def create_app(ctx: Context) -> Starlette:
         Route("/v1/batches/{id}/results", api.results, methods=["GET"]),
         Route("/v1/batches/{id}/cancel", api.cancel, methods=["POST"]),
         Route("/v1/batches/{id}/wait", api.wait, methods=["GET"]),
+        Route("/v1/events", api.events, methods=["GET"]),
         Route("/v1/health", api.health, methods=["GET"]),
     ]
     return Starlette(routes=routes, exception_handlers={
@@ -129,6 +131,7 @@ class _Api:
                            {"batch_id": exc.batch_id}) from None
         if created:
             self.ctx.scheduler.accepted(batch)
+            self.ctx.changes.notify(batch.id)
             log.info("batch accepted", batch_id=batch.id, backend=batch.backend,
                      circuits=len(records), jobs=len(batch.jobs), owner=peer.uid)
         return JSONResponse(views.batch_view(batch), status_code=201 if created else 200)
@@ -169,6 +172,7 @@ class _Api:
             return JSONResponse(views.batch_view(batch), status_code=200)
         await self.ctx.store.request_cancel(batch.id)
         self.ctx.scheduler.cancel(batch)
+        self.ctx.changes.notify(batch.id)
         log.info("cancel requested", batch_id=batch.id, backend=batch.backend)
         batch = await self.ctx.store.get_batch(batch.id)
         return JSONResponse(views.batch_view(batch), status_code=202)
@@ -177,7 +181,7 @@ class _Api:
         seconds = _float_param(request.query_params.get("timeout"), "timeout", 30.0, 0, MAX_WAIT)
         batch = await self._batch(request, with_jobs=False)
         deadline = time.monotonic() + seconds
-        while not batch.state.terminal:
+        while not batch.state.terminal and not self.ctx.changes.closed:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
@@ -185,6 +189,42 @@ class _Api:
             batch = await self.ctx.store.get_batch(batch.id, with_jobs=False)
         batch = await self.ctx.store.get_batch(batch.id)
         return JSONResponse(views.batch_view(batch))
+
+    async def events(self, request: Request) -> Response:
+        """State changes as newline-delimited JSON, from ``since``; ``follow=1`` keeps streaming.
+
+        Only the caller's own batches, unless the caller is root or the daemon's user.
+        """
+        peer = _peer(request)
+        since = _int_param(request.query_params.get("since"), "since", 0, 0, 2**63)
+        follow = request.query_params.get("follow", "").lower() in ("1", "true", "yes")
+        store, changes = self.ctx.store, self.ctx.changes
+        owners: dict[str, int] = {}
+
+        async def visible(batch_id: str | None) -> bool:
+            if peer.admin:
+                return True
+            if batch_id is None:
+                return False
+            if batch_id not in owners:
+                owners[batch_id] = (await store.get_batch(batch_id, with_jobs=False)).owner_uid
+            return owners[batch_id] == peer.uid
+
+        async def stream() -> AsyncIterator[bytes]:
+            cursor = since
+            while True:
+                batch = await store.events(cursor, limit=500)
+                for event in batch:
+                    cursor = event.seq
+                    if await visible(event.batch_id):
+                        yield json.dumps(views.event_view(event)).encode() + b"\n"
+                if len(batch) == 500:
+                    continue
+                if not follow or changes.closed:
+                    return
+                await changes.wait_any(15.0)
+
+        return StreamingResponse(stream(), media_type="application/x-ndjson")
 
     # -- daemon ----------------------------------------------------------------------
 

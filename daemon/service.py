@@ -102,6 +102,7 @@ async def _serve(config: Config) -> None:
                 log.info("stopping")
                 systemd.notify("STOPPING=1")
             finally:
+                changes.close()  # end long-polls and event streams now, not after a grace
                 server.should_exit = True
                 with contextlib.suppress(Exception):
                     await server_task
