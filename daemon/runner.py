@@ -57,6 +57,8 @@ class Tracked:
     remote_id: str | None
     interval: float | None
     raw: str | None
+    #: a cancel (or timeout) that arrived while the create request was in flight
+    pending_end: tuple[JobState, str] | None = None
 
 
 class BackendRunner:
@@ -138,6 +140,11 @@ class BackendRunner:
             tracked = self._jobs.get(job_id)
             if tracked is None:
                 continue
+            if tracked.state == JobState.SUBMITTING:
+                # the create may be in flight: end the job once its remote id is known,
+                # so the remote job is canceled too instead of running orphaned
+                tracked.pending_end = (reason, why)
+                continue
             if tracked.remote_id is None:
                 await self._move(tracked, reason, error=why if reason != JobState.CANCELED
                                  else None, detail={"reason": why})
@@ -181,8 +188,15 @@ class BackendRunner:
                     job_id=job_id, batch_id=tracked.batch_id, backend=self.name):
                 try:
                     await self._submit(tracked)
-                except (StoreError, IllegalTransition) as exc:
+                except StoreError as exc:
                     self._log.error("submission could not be recorded", error=str(exc))
+                    self._retry_later(tracked)
+                except IllegalTransition as exc:
+                    self._log.error("job changed under the submitter", error=str(exc))
+                    await self._resync(tracked)
+                except Exception:
+                    # never let one job's surprise stop the submitter for everyone else
+                    self._log.exception("submission failed unexpectedly")
                     self._retry_later(tracked)
 
     async def _submit(self, tracked: Tracked) -> None:
@@ -211,17 +225,7 @@ class BackendRunner:
             self._spawn(self._recover(tracked))
             return
         self._log.info("submitted", remote_id=remote_id)
-        if tracked.state.terminal:  # canceled while the create was in flight
-            await self._cancel_orphan(remote_id)
-            return
         await self._submitted(tracked, remote_id)
-
-    async def _cancel_orphan(self, remote_id: str) -> None:
-        try:
-            await self._request(self.backend.cancel, [remote_id])
-        except BackendError as exc:
-            self._log.warning("could not cancel a job created after its cancel",
-                              remote_id=remote_id, error=str(exc))
 
     def _wire_circuit(self, label: str, source: str) -> Circuit:
         parsed = qasm.parse_circuit(label, source)
@@ -323,9 +327,12 @@ class BackendRunner:
                     job_id=tracked.job_id, batch_id=tracked.batch_id, backend=self.name):
                 try:
                     await self._handle(tracked, status)
-                except (StoreError, IllegalTransition) as exc:
+                except StoreError as exc:
                     self._log.error("could not record a poll", error=str(exc))
                     self._later(tracked, None)
+                except IllegalTransition as exc:
+                    self._log.error("job changed under the poller", error=str(exc))
+                    await self._resync(tracked)
 
     async def _handle(self, tracked: Tracked, status: RemoteStatus | None) -> None:
         if status is None:
@@ -428,16 +435,35 @@ class BackendRunner:
         self._log.debug("job state", state=str(target), batch_state=str(batch_state))
         if target.terminal:
             self._jobs.pop(tracked.job_id, None)
+        elif tracked.pending_end is not None and target != JobState.SUBMITTING:
+            reason, why = tracked.pending_end
+            tracked.pending_end = None
+            self._spawn(self.cancel([tracked.job_id], reason=reason, why=why))
         self._on_batch_change(tracked.batch_id)
+
+    async def _resync(self, tracked: Tracked) -> None:
+        """Take the store's word for a job whose in-memory state went stale."""
+        job = await self.store.get_job(tracked.job_id)
+        tracked.state, tracked.remote_id = job.state, job.remote_id
+        if job.state.terminal:
+            self._jobs.pop(job.id, None)
+        elif job.state == JobState.QUEUED:
+            self._submit_queue.put_nowait(job.id)
+        elif job.remote_id is not None:
+            self._later(tracked, None)
 
     def _retry_later(self, tracked: Tracked) -> None:
         """After a store failure mid-submission, try again once the store may be back."""
-        loop = asyncio.get_running_loop()
-        delay = self.config.polling.max_interval
-        if tracked.state == JobState.QUEUED:
-            loop.call_later(delay, self._submit_queue.put_nowait, tracked.job_id)
-        else:  # the remote job may exist: settle it the way a restart would
-            loop.call_later(delay, lambda: self._spawn(self._recover(tracked)))
+
+        async def retry() -> None:
+            await asyncio.sleep(self.config.polling.max_interval)
+            if tracked.state == JobState.QUEUED:
+                self._submit_queue.put_nowait(tracked.job_id)
+            elif not tracked.state.terminal:
+                # the remote job may exist: settle it the way a restart would
+                await self._recover(tracked)
+
+        self._spawn(retry())
 
     def _spawn(self, coro: Coroutine[Any, Any, None], *, slot: bool = False) -> None:
         task = asyncio.create_task(coro)

@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from backends.local import LocalBackend
+from daemon.api import Context, create_app
+from daemon.config import parse_config
+from daemon.notify import BatchChanges
+from daemon.peer import Peer
+from daemon.scheduler import Scheduler
+from store.store import Store
+from tests.fakes import ScriptedBackend
+
+BELL2 = """OPENQASM 2.0;
+include "qelib1.inc";
+qreg q[2];
+creg c[2];
+h q[0];
+cx q[0], q[1];
+measure q -> c;
+"""
+BELL3 = """OPENQASM 3.0;
+include "stdgates.inc";
+qubit[2] q;
+bit[2] c;
+h q[0];
+cx q[0], q[1];
+c = measure q;
+"""
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+FAST_POLLING = {"initial_interval": 0.01, "backoff_factor": 1.5, "max_interval": 0.05,
+                "jitter": 0.1}
+
+
+def short_tmpdir() -> Path:
+    """A directory short enough for AF_UNIX paths (108 bytes), unlike pytest's tmp_path."""
+    return Path(tempfile.mkdtemp(prefix="qjobd-", dir="/tmp"))
+
+
+def count_rows(db: Path) -> dict[str, int]:
+    """Rows per table, read through a fresh connection (what is really on disk)."""
+    conn = sqlite3.connect(db)
+    try:
+        return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                for t in ("batches", "jobs", "circuits", "results", "events")}
+    finally:
+        conn.close()
+
+
+@dataclass
+class Daemon:
+    """The daemon's parts, wired in-process, with an httpx client on its ASGI app."""
+
+    store: Store
+    scheduler: Scheduler
+    backends: dict[str, Any]
+    client: httpx.AsyncClient
+    db: Path
+    set_peer: Callable[[Peer | None], None]
+
+
+class _PeerInjector:
+    """Puts a chosen peer into scope["state"], as the socket server does for real peers."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.peer: Peer | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self.peer is not None:
+            scope = {**scope, "state": {**scope.get("state", {}), "peer": self.peer}}
+        await self.app(scope, receive, send)
+
+
+@pytest.fixture
+async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
+    config = parse_config({
+        "daemon": {"socket": str(tmp_path / "s.sock"), "database": str(tmp_path / "q.sqlite3"),
+                   "max_request_bytes": 200_000},
+        "polling": FAST_POLLING,
+        "backends": {"fake": {"type": "scripted"}, "held": {"type": "scripted"},
+                     "local": {"type": "local", "workers": 1}},
+    })
+    store = await Store.open(config.daemon.database)
+    backends: dict[str, Any] = {
+        "fake": ScriptedBackend("fake", {}),
+        "held": ScriptedBackend("held", {"hold": True}),
+        "local": LocalBackend("local", {"workers": 1}),
+    }
+    for backend in backends.values():
+        await backend.start()
+    changes = BatchChanges()
+    scheduler = Scheduler(store, backends, config.backends, changes)
+    # a task, not a task group: pytest-asyncio tears fixtures down in another task
+    task = asyncio.create_task(scheduler.run())
+    app = _PeerInjector(create_app(Context(config, store, backends, scheduler, changes)))
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://qjobd")
+
+    def set_peer(peer: Peer | None) -> None:
+        app.peer = peer
+
+    try:
+        yield Daemon(store, scheduler, backends, client, config.daemon.database, set_peer)
+    finally:
+        await client.aclose()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        for backend in backends.values():
+            await backend.aclose()
+        await store.close()

@@ -1,0 +1,99 @@
+"""A scripted in-memory backend: a fake of the backend protocol for scheduler and API tests.
+
+Jobs move queued -> running -> completed after a set number of status polls, or stay
+where a test holds them. Counts put every shot on the all-zeros bitstring unless a
+test plants others.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from backends.base import (
+    Backend,
+    Capabilities,
+    Circuit,
+    Counts,
+    RemoteState,
+    RemoteStatus,
+    SubmitRequest,
+)
+from backends.errors import ProtocolError, Rejected
+
+
+@dataclass
+class FakeJob:
+    request: SubmitRequest
+    state: RemoteState = RemoteState.QUEUED
+    raw: str = "queued"
+    polls: int = 0
+    hold: bool = False
+    counts: dict[str, Counts] = field(default_factory=dict)
+    error: str | None = None
+
+
+class ScriptedBackend(Backend):
+    capabilities = Capabilities(batch_status=True, max_status_batch=100, lookup_by_key=True,
+                                default_shots=100, max_shots=10_000, max_qubits=10)
+
+    def __init__(self, name: str, config: Mapping[str, Any]) -> None:
+        super().__init__(name, config)
+        self.jobs: dict[str, FakeJob] = {}
+        self.by_key: dict[str, str] = {}
+        self.polls_to_finish = int(config.get("polls_to_finish", 2))
+        self.hold_all = bool(config.get("hold", False))
+        self.status_calls = 0
+        self._ids = itertools.count(1)
+
+    async def submit(self, request: SubmitRequest) -> str:
+        if request.options.get("reject"):
+            raise Rejected("the fake was told to reject this")
+        remote_id = f"r{next(self._ids)}"
+        self.jobs[remote_id] = FakeJob(request, hold=self.hold_all)
+        self.by_key[request.submission_key] = remote_id
+        return remote_id
+
+    async def status(self, remote_ids: Sequence[str]) -> dict[str, RemoteStatus]:
+        self.status_calls += 1
+        out = {}
+        for rid in remote_ids:
+            job = self.jobs.get(rid)
+            if job is None:
+                continue
+            job.polls += 1
+            if not job.hold and job.state in (RemoteState.QUEUED, RemoteState.RUNNING):
+                if job.polls >= self.polls_to_finish:
+                    self.finish(rid)
+                elif job.polls >= 1:
+                    job.state, job.raw = RemoteState.RUNNING, "running"
+            out[rid] = RemoteStatus(rid, job.state, job.raw, job.error)
+        return out
+
+    def finish(self, remote_id: str, counts: dict[str, Counts] | None = None) -> None:
+        job = self.jobs[remote_id]
+        req = job.request
+        job.counts = counts or {c.label: {"0" * c.num_clbits: req.shots} for c in req.circuits}
+        job.state, job.raw = RemoteState.COMPLETED, "completed"
+
+    async def results(self, remote_id: str, circuits: Sequence[Circuit]) -> dict[str, Counts]:
+        job = self.jobs.get(remote_id)
+        if job is None or job.state != RemoteState.COMPLETED:
+            raise ProtocolError(f"job {remote_id} has no results")
+        return job.counts
+
+    async def cancel(self, remote_ids: Sequence[str]) -> None:
+        for rid in remote_ids:
+            job = self.jobs.get(rid)
+            if job is not None and job.state in (RemoteState.QUEUED, RemoteState.RUNNING):
+                job.state, job.raw = RemoteState.CANCELED, "canceled"
+
+    async def lookup(self, submission_key: str) -> str | None:
+        return self.by_key.get(submission_key)
+
+    def validate_options(self, options: Mapping[str, Any]) -> None:
+        unknown = set(options) - {"reject"}
+        if unknown:
+            raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))}")
