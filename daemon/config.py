@@ -89,6 +89,10 @@ class Config:
 
 
 DEFAULT_BACKENDS: dict[str, dict[str, Any]] = {"local": {"type": "local"}}
+#: polling defaults by backend type, under [polling]'s: a simulator's jobs take
+#: milliseconds, so waiting a second for the first poll would be most of the latency
+TYPE_POLLING: dict[str, dict[str, float]] = {"local": {"initial_interval": 0.05,
+                                                       "max_interval": 1.0}}
 
 
 def find_config_file(cli_path: str | os.PathLike[str] | None) -> Path | None:
@@ -162,7 +166,10 @@ def parse_config(raw: Mapping[str, Any], *, source: str = "built-in defaults") -
         rps = _num(table, "requests_per_second", where, ctx, 0.0)
         if rps < 0:
             raise ConfigError(f"{where}: {ctx} requests_per_second: must be >= 0")
-        own_polling = _polling(_table(table, "polling", where), polling, where, f"{ctx}.polling")
+        base = polling
+        if btype in TYPE_POLLING and "polling" not in raw:
+            base = PollingConfig(**{**asdict(polling), **TYPE_POLLING[btype]})
+        own_polling = _polling(_table(table, "polling", where), base, where, f"{ctx}.polling")
         options = {k: v for k, v in table.items()
                    if k not in {"type", "requests_per_second", "polling"}}
         backends[name] = BackendConfig(name=name, type=btype, requests_per_second=float(rps),

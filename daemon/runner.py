@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import anyio
 import structlog
 
 from backends import qasm
@@ -204,7 +205,9 @@ class BackendRunner:
         job = await self.store.get_job(tracked.job_id)
         records = await self.store.circuits(tracked.job_id)
         try:
-            circuits = [self._wire_circuit(r.label, r.source) for r in records]
+            # parsing and converting is CPU work (about 1 ms per OpenQASM 3 circuit)
+            circuits = await anyio.to_thread.run_sync(
+                lambda: [self._wire_circuit(r.label, r.source) for r in records])
         except qasm.QasmError as exc:
             await self._move(tracked, JobState.FAILED, error=str(exc))
             return

@@ -21,7 +21,7 @@ from backends.base import (
     RemoteStatus,
     SubmitRequest,
 )
-from backends.errors import ProtocolError, Rejected
+from backends.errors import ProtocolError, RateLimited, Rejected, Unavailable
 
 
 @dataclass
@@ -47,8 +47,25 @@ class ScriptedBackend(Backend):
         self.hold_all = bool(config.get("hold", False))
         self.status_calls = 0
         self._ids = itertools.count(1)
+        #: fault knobs: the next N status calls fail; the next request gets a 429
+        self.fail_status = 0
+        self.rate_limit_next: float | None = None
+        self.corrupt_results = False
+        #: (loop time, operation) of every request that reached the "provider"
+        self.calls: list[tuple[float, str]] = []
+        self.submits = 0
+
+    def _arrive(self, op: str) -> None:
+        import asyncio
+
+        self.calls.append((asyncio.get_running_loop().time(), op))
+        if self.rate_limit_next is not None:
+            retry_after, self.rate_limit_next = self.rate_limit_next, None
+            raise RateLimited("429 from the fake", retry_after=retry_after)
 
     async def submit(self, request: SubmitRequest) -> str:
+        self._arrive("submit")
+        self.submits += 1
         if request.options.get("reject"):
             raise Rejected("the fake was told to reject this")
         remote_id = f"r{next(self._ids)}"
@@ -57,14 +74,19 @@ class ScriptedBackend(Backend):
         return remote_id
 
     async def status(self, remote_ids: Sequence[str]) -> dict[str, RemoteStatus]:
+        self._arrive("status")
         self.status_calls += 1
+        if self.fail_status > 0:
+            self.fail_status -= 1
+            raise Unavailable("503 from the fake")
         out = {}
         for rid in remote_ids:
             job = self.jobs.get(rid)
             if job is None:
                 continue
             job.polls += 1
-            if not job.hold and job.state in (RemoteState.QUEUED, RemoteState.RUNNING):
+            if not job.hold and job.state in (RemoteState.QUEUED, RemoteState.RUNNING,
+                                              RemoteState.UNKNOWN):
                 if job.polls >= self.polls_to_finish:
                     self.finish(rid)
                 elif job.polls >= 1:
@@ -75,23 +97,31 @@ class ScriptedBackend(Backend):
     def finish(self, remote_id: str, counts: dict[str, Counts] | None = None) -> None:
         job = self.jobs[remote_id]
         req = job.request
-        job.counts = counts or {c.label: {"0" * c.num_clbits: req.shots} for c in req.circuits}
+        job.counts = counts or job.counts or {
+            c.label: {"0" * c.num_clbits: req.shots} for c in req.circuits}
         job.state, job.raw = RemoteState.COMPLETED, "completed"
 
     async def results(self, remote_id: str, circuits: Sequence[Circuit]) -> dict[str, Counts]:
+        self._arrive("results")
         job = self.jobs.get(remote_id)
-        if job is None or job.state != RemoteState.COMPLETED:
+        if job is None or job.state != RemoteState.COMPLETED or self.corrupt_results:
             raise ProtocolError(f"job {remote_id} has no results")
         return job.counts
 
     async def cancel(self, remote_ids: Sequence[str]) -> None:
+        self._arrive("cancel")
         for rid in remote_ids:
             job = self.jobs.get(rid)
             if job is not None and job.state in (RemoteState.QUEUED, RemoteState.RUNNING):
                 job.state, job.raw = RemoteState.CANCELED, "canceled"
 
     async def lookup(self, submission_key: str) -> str | None:
+        self._arrive("lookup")
         return self.by_key.get(submission_key)
+
+    def share_remote(self, other: ScriptedBackend) -> None:
+        """Talk to the same "provider" as ``other`` (a restarted daemon's new backend)."""
+        self.jobs, self.by_key, self._ids = other.jobs, other.by_key, other._ids
 
     def validate_options(self, options: Mapping[str, Any]) -> None:
         unknown = set(options) - {"reject"}

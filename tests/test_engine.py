@@ -1,0 +1,256 @@
+"""The engine (scheduler + per-backend runner) against a scripted backend and a real store.
+
+Restarts are simulated by stopping one scheduler and starting another on the same
+database, with a new backend object that talks to the same fake "provider".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import anyio
+import pytest
+
+from backends.base import Capabilities, RemoteState
+from daemon.config import parse_config
+from daemon.notify import BatchChanges
+from daemon.scheduler import Scheduler
+from store.models import Batch, CircuitRecord, NewBatch
+from store.states import JobState
+from store.store import Store
+from tests.conftest import BELL2, FAST_POLLING
+from tests.fakes import ScriptedBackend
+
+
+def configs(rps: float = 0.0) -> dict:
+    return parse_config({"polling": FAST_POLLING, "backends": {
+        "fake": {"type": "scripted", "requests_per_second": rps}}}).backends
+
+
+@contextlib.asynccontextmanager
+async def running(store: Store, backend: ScriptedBackend, rps: float = 0.0
+                  ) -> AsyncIterator[Scheduler]:
+    scheduler = Scheduler(store, {"fake": backend}, configs(rps), BatchChanges())
+    task = asyncio.create_task(scheduler.run())
+    try:
+        yield scheduler
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def new_batch(store: Store, n: int = 1, **kw: object) -> Batch:
+    circuits = [CircuitRecord(f"c{i}", BELL2, 2, 2, 2) for i in range(n)]
+    batch, _ = await store.create_batch(NewBatch(
+        owner_uid=0, backend="fake", shots=10, circuits=circuits,
+        groups=[[c.label] for c in circuits], **kw))  # type: ignore[arg-type]
+    return batch
+
+
+async def until(check: Callable[[], object], limit: float = 10) -> None:
+    """Wait for a condition, polling it, for at most ``limit`` seconds."""
+    with anyio.fail_after(limit):
+        while True:
+            done = await check() if asyncio.iscoroutinefunction(check) else check()
+            if done:
+                return
+            await asyncio.sleep(0.01)
+
+
+async def batch_is(store: Store, batch_id: str, state: JobState) -> None:
+    async def check() -> bool:
+        return (await store.get_batch(batch_id, with_jobs=False)).state == state
+    await until(check)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = await Store.open(tmp_path / "q.sqlite3")
+    yield s
+    await s.close()
+
+
+async def test_jobs_run_to_completion_with_results_stored(store: Store) -> None:
+    backend = ScriptedBackend("fake", {})
+    async with running(store, backend) as scheduler:
+        batch = await new_batch(store, 3)
+        scheduler.accepted(batch)
+        await batch_is(store, batch.id, JobState.COMPLETED)
+    results = await store.results(batch.id)
+    assert [r.label for r in results] == ["c0", "c1", "c2"]
+    assert all(r.counts == {"00": 10} for r in results)
+    assert backend.submits == 3
+
+
+async def test_an_unknown_remote_status_is_recorded_and_the_job_keeps_polling(
+        store: Store) -> None:
+    backend = ScriptedBackend("fake", {"hold": True})
+    async with running(store, backend) as scheduler:
+        batch = await new_batch(store)
+        scheduler.accepted(batch)
+        await until(lambda: len(backend.jobs) == 1)
+        job = next(iter(backend.jobs.values()))
+        job.state, job.raw = RemoteState.UNKNOWN, "calibrating"
+
+        async def recorded() -> bool:
+            j = (await store.get_batch(batch.id)).jobs[0]
+            return j.remote_status == "calibrating"
+        await until(recorded)
+        polls = backend.status_calls
+        await until(lambda: backend.status_calls >= polls + 3)  # still polling
+        assert (await store.get_batch(batch.id)).jobs[0].state == JobState.SUBMITTED
+        events = await store.events(batch_id=batch.id)
+        assert any(e.kind == "remote_status" and e.detail == {"remote_status": "calibrating"}
+                   for e in events)
+        job.hold = False  # the provider gets over it
+        await batch_is(store, batch.id, JobState.COMPLETED)
+
+
+async def test_a_restart_resumes_polling_without_resubmitting(store: Store) -> None:
+    first = ScriptedBackend("fake", {"hold": True})
+    async with running(store, first) as scheduler:
+        batch = await new_batch(store, 4)
+        scheduler.accepted(batch)
+
+        async def all_submitted() -> bool:
+            b = await store.get_batch(batch.id)
+            return all(j.state == JobState.SUBMITTED for j in b.jobs)
+        await until(all_submitted)
+    assert first.submits == 4
+    second = ScriptedBackend("fake", {})
+    second.share_remote(first)
+    for job in second.jobs.values():
+        job.hold = False
+    async with running(store, second):
+        await batch_is(store, batch.id, JobState.COMPLETED)
+    assert second.submits == 0  # nothing created twice
+    assert len(second.jobs) == 4
+
+
+async def test_an_interrupted_submission_found_by_key_is_adopted_not_resubmitted(
+        store: Store) -> None:
+    provider = ScriptedBackend("fake", {})
+    batch = await new_batch(store)
+    job = batch.jobs[0]
+    # the crash: intent stored, create reached the provider, its answer never stored
+    await store.transition(job.id, JobState.SUBMITTING)
+    from backends.base import SubmitRequest
+    remote_id = await provider.submit(SubmitRequest(job.submission_key, [], shots=10))
+    provider.jobs[remote_id].counts = {"c0": {"11": 10}}
+    restarted = ScriptedBackend("fake", {})
+    restarted.share_remote(provider)
+    async with running(store, restarted):
+        await batch_is(store, batch.id, JobState.COMPLETED)
+    assert restarted.submits == 0
+    stored = await store.get_batch(batch.id)
+    assert stored.jobs[0].remote_id == remote_id
+
+
+async def test_an_interrupted_submission_the_provider_never_saw_is_submitted_once(
+        store: Store) -> None:
+    batch = await new_batch(store)
+    await store.transition(batch.jobs[0].id, JobState.SUBMITTING)
+    backend = ScriptedBackend("fake", {})
+    async with running(store, backend):
+        await batch_is(store, batch.id, JobState.COMPLETED)
+    assert backend.submits == 1
+    assert [op for _, op in backend.calls][:2] == ["lookup", "submit"]
+    events = await store.events(batch_id=batch.id)
+    assert any("submitting again" in str(e.detail) for e in events)
+
+
+async def test_without_lookup_an_interrupted_submission_fails_rather_than_risk_a_duplicate(
+        store: Store) -> None:
+    batch = await new_batch(store)
+    await store.transition(batch.jobs[0].id, JobState.SUBMITTING)
+    backend = ScriptedBackend("fake", {})
+    backend.capabilities = Capabilities(lookup_by_key=False, default_shots=100)
+    async with running(store, backend):
+        await batch_is(store, batch.id, JobState.FAILED)
+    assert backend.submits == 0
+    assert "duplicate" in (await store.get_batch(batch.id)).jobs[0].error
+
+
+async def test_status_errors_back_off_and_retry_until_the_job_completes(store: Store) -> None:
+    backend = ScriptedBackend("fake", {})
+    backend.fail_status = 5
+    async with running(store, backend) as scheduler:
+        batch = await new_batch(store)
+        scheduler.accepted(batch)
+        await batch_is(store, batch.id, JobState.COMPLETED)
+        assert scheduler.runners["fake"].errors >= 5
+
+
+async def test_a_429_pauses_the_backend_for_retry_after(store: Store) -> None:
+    backend = ScriptedBackend("fake", {"hold": True})
+    async with running(store, backend) as scheduler:
+        batch = await new_batch(store, 3)
+        scheduler.accepted(batch)
+        await until(lambda: len(backend.jobs) == 3)
+        backend.rate_limit_next = 0.4
+        await until(lambda: any(op == "status" for _, op in backend.calls[-1:]) and
+                    backend.rate_limit_next is None)
+        limited_at = backend.calls[-1][0]
+        await until(lambda: backend.calls[-1][0] > limited_at)
+        gap = backend.calls[-1][0] - limited_at
+        assert gap >= 0.4 - 0.01, f"a request came {gap:.3f} s into a 0.4 s pause"
+        assert scheduler.runners["fake"].budget.paused_for == 0
+
+
+async def test_the_request_budget_is_shared_by_all_requests(store: Store) -> None:
+    backend = ScriptedBackend("fake", {"polls_to_finish": 3})
+    async with running(store, backend, rps=20) as scheduler:
+        batch = await new_batch(store, 10)
+        scheduler.accepted(batch)
+        await batch_is(store, batch.id, JobState.COMPLETED)
+    times = [t for t, _ in backend.calls]
+    for i, t in enumerate(times):
+        in_window = sum(1 for u in times[i:] if u - t < 1.0)
+        assert in_window <= 21, f"{in_window} requests within 1 s at a budget of 20/s"
+
+
+async def test_polls_due_together_are_merged_into_one_status_request(store: Store) -> None:
+    backend = ScriptedBackend("fake", {"hold": True})
+    async with running(store, backend) as scheduler:
+        batch = await new_batch(store, 50)
+        scheduler.accepted(batch)
+        await until(lambda: len(backend.jobs) == 50)
+        await until(lambda: backend.status_calls >= 10)
+    polled = sum(j.polls for j in backend.jobs.values())
+    assert polled / backend.status_calls > 5, "polls were not coalesced"
+
+
+async def test_unreadable_results_fail_the_job_with_a_clear_error(store: Store) -> None:
+    backend = ScriptedBackend("fake", {})
+    backend.corrupt_results = True
+    async with running(store, backend) as scheduler:
+        batch = await new_batch(store)
+        scheduler.accepted(batch)
+        await batch_is(store, batch.id, JobState.FAILED)
+    assert "results could not be read" in (await store.get_batch(batch.id)).jobs[0].error
+
+
+async def test_a_cancel_during_the_create_request_cancels_the_remote_job(store: Store) -> None:
+    backend = ScriptedBackend("fake", {"hold": True})
+    gate = asyncio.Event()
+    real_submit = backend.submit
+
+    async def slow_submit(request):
+        await gate.wait()
+        return await real_submit(request)
+
+    backend.submit = slow_submit  # type: ignore[method-assign]
+    async with running(store, backend) as scheduler:
+        batch = await new_batch(store)
+        scheduler.accepted(batch)
+
+        async def submitting() -> bool:
+            return (await store.get_batch(batch.id)).jobs[0].state == JobState.SUBMITTING
+        await until(submitting)
+        scheduler.cancel(await store.get_batch(batch.id))
+        gate.set()
+        await batch_is(store, batch.id, JobState.CANCELED)
+    assert [j.state for j in backend.jobs.values()] == [RemoteState.CANCELED]
