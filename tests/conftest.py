@@ -83,7 +83,10 @@ class _PeerInjector:
 
 
 @pytest.fixture
-async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
+async def daemon(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Daemon]:
+    """The daemon in-process with scripted backends `fake` and `held`, and with the real
+    `local` simulator for tests marked ``@pytest.mark.local`` (its workers take ~0.4 s)."""
+    with_local = request.node.get_closest_marker("local") is not None
     config = parse_config({
         "daemon": {"socket": str(tmp_path / "s.sock"), "database": str(tmp_path / "q.sqlite3"),
                    "max_request_bytes": 200_000},
@@ -95,8 +98,9 @@ async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
     backends: dict[str, Any] = {
         "fake": ScriptedBackend("fake", {}),
         "held": ScriptedBackend("held", {"hold": True}),
-        "local": LocalBackend("local", {"workers": 1}),
     }
+    if with_local:
+        backends["local"] = LocalBackend("local", {"workers": 1})
     for backend in backends.values():
         await backend.start()
     changes = BatchChanges()

@@ -69,6 +69,7 @@ async def test_a_batch_runs_to_completion_and_serves_its_results(daemon: Daemon)
         assert entry["job_id"] in {j["id"] for j in done["jobs"] if label in j["labels"]}
 
 
+@pytest.mark.local
 async def test_local_simulator_batch_gives_bell_counts(daemon: Daemon) -> None:
     b = await submit(daemon, {"backend": "local", "circuits": {"bell": BELL3}, "shots": 500})
     done = await wait_terminal(daemon, b["id"])
@@ -261,5 +262,5 @@ async def test_health_reports_version_counts_and_backends(daemon: Daemon) -> Non
     assert h["status"] == "ok" and h["version"]
     assert h["uptime"] >= 0
     assert sum(h["batches"].values()) == 1
-    assert set(h["backends"]) == {"fake", "held", "local"}
+    assert set(h["backends"]) == {"fake", "held"}
     assert h["backends"]["held"]["type"] == "scripted"
