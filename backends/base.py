@@ -147,9 +147,11 @@ class Backend(abc.ABC):
     async def cancel(self, remote_ids: Sequence[str]) -> None:
         """Cancel these jobs. Idempotent: a job already terminal is not an error."""
 
-    async def lookup(self, submission_key: str) -> str | None:
+    async def lookup(self, submission_key: str, *, created_after: float | None = None
+                     ) -> str | None:
         """The remote id of the job created with this submission key, or None if none was.
 
+        ``created_after`` (Unix time) bounds the search: no job with this key can be older.
         Only meaningful when ``capabilities.lookup_by_key``.
         """
         raise NotImplementedError(f"backend {self.name!r} cannot look up jobs by key")
@@ -162,6 +164,13 @@ class Backend(abc.ABC):
         if options:
             names = ", ".join(sorted(options))
             raise ValueError(f"backend {self.name!r} takes no options; got {names}")
+
+    def secrets(self) -> list[str]:
+        """Values that must never reach logs, answers or the database (API keys)."""
+        return []
+
+    async def reconfigure(self, config: Mapping[str, Any]) -> None:  # noqa: B027 - optional
+        """Take new settings (e.g. a rotated key) without dropping jobs; on SIGHUP."""
 
     def health(self) -> dict[str, Any]:
         """Backend-specific health details for ``GET /v1/health``."""

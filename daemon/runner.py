@@ -46,6 +46,8 @@ _REMOTE_TO_JOB = {
 COALESCE_WINDOW = 0.05
 #: at most this many requests to one backend in flight at once
 MAX_IN_FLIGHT = 16
+#: how far the provider's clock may run behind ours, for lookups by creation time
+LOOKUP_CLOCK_SKEW = 300.0
 
 
 @dataclass(slots=True)
@@ -264,7 +266,10 @@ class BackendRunner:
             job = await self.store.get_job(tracked.job_id)
             while True:
                 try:
-                    remote_id = await self._request(self.backend.lookup, job.submission_key)
+                    remote_id = await self._request(
+                        self.backend.lookup, job.submission_key,
+                        # the intent was stored after the job row: nothing older can match
+                        created_after=job.created_at - LOOKUP_CLOCK_SKEW)
                     break
                 except Unavailable as exc:
                     self._log.warning("lookup failed; retrying", error=str(exc))
@@ -408,11 +413,11 @@ class BackendRunner:
 
     # -- plumbing --------------------------------------------------------------------
 
-    async def _request(self, fn: Callable[..., Awaitable[R]], *args: Any) -> R:
+    async def _request(self, fn: Callable[..., Awaitable[R]], *args: Any, **kw: Any) -> R:
         await self.budget.acquire()
         self.requests += 1
         try:
-            return await fn(*args)
+            return await fn(*args, **kw)
         except RateLimited as exc:
             pause = exc.retry_after if exc.retry_after is not None else self.backoff.first()
             self.budget.pause(pause)

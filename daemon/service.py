@@ -18,7 +18,7 @@ import structlog
 
 from backends.base import Backend
 from backends.registry import create_backend
-from daemon import systemd
+from daemon import logs, systemd
 from daemon.api import Context, create_app
 from daemon.config import Config
 from daemon.notify import BatchChanges
@@ -51,6 +51,7 @@ async def started_backends(config: Config) -> AsyncIterator[dict[str, Backend]]:
     try:
         for name, bc in config.backends.items():
             backend = create_backend(name, bc.type, bc.options)
+            logs.add_secrets(backend.secrets())
             await backend.start()
             backends[name] = backend
         yield backends

@@ -115,7 +115,8 @@ class ScriptedBackend(Backend):
             if job is not None and job.state in (RemoteState.QUEUED, RemoteState.RUNNING):
                 job.state, job.raw = RemoteState.CANCELED, "canceled"
 
-    async def lookup(self, submission_key: str) -> str | None:
+    async def lookup(self, submission_key: str, *, created_after: float | None = None
+                     ) -> str | None:
         self._arrive("lookup")
         return self.by_key.get(submission_key)
 
