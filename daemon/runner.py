@@ -22,7 +22,7 @@ import structlog
 
 from backends import qasm
 from backends.base import Backend, Circuit, RemoteState, RemoteStatus, SubmitRequest
-from backends.errors import BackendError, RateLimited, Rejected, Unavailable
+from backends.errors import AuthError, BackendError, RateLimited, Rejected, Unavailable
 from daemon.backoff import Backoff
 from daemon.config import BackendConfig
 from daemon.ratelimit import RequestBudget
@@ -46,6 +46,8 @@ _REMOTE_TO_JOB = {
 COALESCE_WINDOW = 0.05
 #: at most this many requests to one backend in flight at once
 MAX_IN_FLIGHT = 16
+#: how long a backend whose credentials were refused waits before trying again
+AUTH_PAUSE = 60.0
 #: how far the provider's clock may run behind ours, for lookups by creation time
 LOOKUP_CLOCK_SKEW = 300.0
 
@@ -62,6 +64,8 @@ class Tracked:
     raw: str | None
     #: a cancel (or timeout) that arrived while the create request was in flight
     pending_end: tuple[JobState, str] | None = None
+    #: polled before it was due, to fill a request (its backoff does not grow)
+    early: bool = False
 
 
 class BackendRunner:
@@ -223,6 +227,14 @@ class BackendRunner:
         except Rejected as exc:
             await self._move(tracked, JobState.FAILED, error=f"rejected by {self.name}: {exc}")
             return
+        except AuthError as exc:
+            # refused before anything was created: wait for new credentials (SIGHUP)
+            self._log.error("credentials refused; pausing backend", error=str(exc),
+                            seconds=AUTH_PAUSE)
+            self.budget.pause(AUTH_PAUSE)
+            await self._move(tracked, JobState.QUEUED, detail={"reason": str(exc)})
+            self._submit_queue.put_nowait(tracked.job_id)
+            return
         except BackendError as exc:
             # the job may or may not exist remotely now: find out before any resubmission
             self._log.warning("submission outcome unknown; will reconcile", error=str(exc))
@@ -317,9 +329,27 @@ class BackendRunner:
                     due.append(tracked)
             caps = self.backend.capabilities
             size = caps.max_status_batch if caps.batch_status else 1
+            if size > 1 and due:
+                self._fill(due, size)
             for start in range(0, len(due), size):
                 await self._slots.acquire()
                 self._spawn(self._poll(due[start:start + size]), slot=True)
+
+    def _fill(self, due: list[Tracked], size: int) -> None:
+        """Top the last request up with the jobs due next: polled early at no extra cost.
+
+        Without this, 1,000 jobs at a 30 s interval fall due ~30 ms apart and each request
+        would carry one or two ids; filled, each request carries ``size``.
+        """
+        room = -len(due) % size
+        while room and self._heap:
+            _, _, job_id = heapq.heappop(self._heap)
+            tracked = self._jobs.get(job_id)
+            if tracked is not None and tracked.remote_id is not None \
+                    and not tracked.state.terminal:
+                tracked.early = True
+                due.append(tracked)
+                room -= 1
 
     async def _poll(self, group: list[Tracked]) -> None:
         try:
@@ -329,18 +359,24 @@ class BackendRunner:
                 self._later(tracked, None)
             self._log.warning("status poll failed", error=str(exc), jobs=len(group))
             return
-        for tracked in group:
-            status = statuses.get(tracked.remote_id or "")
-            with structlog.contextvars.bound_contextvars(
-                    job_id=tracked.job_id, batch_id=tracked.batch_id, backend=self.name):
-                try:
-                    await self._handle(tracked, status)
-                except StoreError as exc:
-                    self._log.error("could not record a poll", error=str(exc))
-                    self._later(tracked, None)
-                except IllegalTransition as exc:
-                    self._log.error("job changed under the poller", error=str(exc))
-                    await self._resync(tracked)
+        # concurrently, so the store writes of one answer share a group commit
+        await asyncio.gather(*(self._handle_safely(t, statuses.get(t.remote_id or ""))
+                               for t in group))
+
+    async def _handle_safely(self, tracked: Tracked, status: RemoteStatus | None) -> None:
+        with structlog.contextvars.bound_contextvars(
+                job_id=tracked.job_id, batch_id=tracked.batch_id, backend=self.name):
+            try:
+                await self._handle(tracked, status)
+            except StoreError as exc:
+                self._log.error("could not record a poll", error=str(exc))
+                self._later(tracked, None)
+            except IllegalTransition as exc:
+                self._log.error("job changed under the poller", error=str(exc))
+                await self._resync(tracked)
+            except Exception:
+                self._log.exception("could not handle a poll; will poll again")
+                self._later(tracked, None)
 
     async def _handle(self, tracked: Tracked, status: RemoteStatus | None) -> None:
         if status is None:
@@ -394,8 +430,14 @@ class BackendRunner:
         self._log.info("completed", remote_id=tracked.remote_id)
 
     def _later(self, tracked: Tracked, raw_changed: str | None) -> None:
-        """Schedule the job's next poll with backoff; the store learns it in the next flush."""
-        tracked.interval = self.backoff.next(tracked.interval)
+        """Schedule the job's next poll with backoff; the store learns it in the next flush.
+
+        A job polled early (to fill a request) keeps its interval: it was not due.
+        """
+        if tracked.early and tracked.interval is not None:
+            tracked.early = False
+        else:
+            tracked.interval = self.backoff.next(tracked.interval)
         loop = asyncio.get_running_loop()
         self._push(loop.time() + tracked.interval, tracked.job_id)
         self._pending_schedule.append(
