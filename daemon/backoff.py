@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 from daemon.config import PollingConfig
@@ -18,13 +19,26 @@ class Backoff:
         return self._jittered(self.policy.initial_interval)
 
     def next(self, previous: float | None) -> float:
-        """The interval after ``previous``: grown by the factor, capped, jittered."""
+        """The interval after ``previous``: grown by the factor, capped, jittered.
+
+        ``previous`` is the jittered value a job stored; growth starts from the schedule
+        step it was drawn from, so jitter does not compound along a job's life.
+        """
         if previous is None:
             return self.first()
         p = self.policy
-        # strip the old jitter's effect by growing from the un-jittered value's range
-        grown = min(max(previous, p.initial_interval) * p.backoff_factor, p.max_interval)
+        grown = min(self._step_of(previous) * p.backoff_factor, p.max_interval)
         return self._jittered(grown)
+
+    def _step_of(self, interval: float) -> float:
+        """The un-jittered schedule value nearest ``interval``."""
+        p = self.policy
+        if interval >= p.max_interval * (1 - p.jitter):
+            return p.max_interval
+        if p.backoff_factor <= 1 or interval <= p.initial_interval:
+            return p.initial_interval
+        k = round(math.log(interval / p.initial_interval, p.backoff_factor))
+        return min(p.initial_interval * p.backoff_factor ** k, p.max_interval)
 
     def _jittered(self, interval: float) -> float:
         # jitter spreads jobs submitted together so their polls do not stay in lockstep

@@ -7,6 +7,7 @@ Lookup order for the file: ``--config``, else ``$QJOBD_CONFIG``, else
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -120,6 +121,9 @@ def load_config(cli_path: str | os.PathLike[str] | None = None) -> Config:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from None
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); TOML files are "
+                              "UTF-8") from None
         source = str(path)
     return parse_config(raw, source=source)
 
@@ -142,6 +146,9 @@ def parse_config(raw: Mapping[str, Any], *, source: str = "built-in defaults") -
     if not 0 <= mode <= 0o777:
         raise ConfigError(f"{where}: [daemon] socket_mode: {mode_text!r} is out of range")
     max_bytes = _num(d, "max_request_bytes", where, "[daemon]", 64 * 1024 * 1024)
+    if max_bytes != int(max_bytes) or not 1024 <= max_bytes <= 2**40:
+        raise ConfigError(f"{where}: [daemon] max_request_bytes: must be a whole number of "
+                          f"bytes from 1024, got {max_bytes!r}")
     log_level = _str(d, "log_level", where, "[daemon]") or "info"
     if log_level not in {"debug", "info", "warning", "error"}:
         raise ConfigError(f"{where}: [daemon] log_level: {log_level!r} is not one of "
@@ -169,7 +176,8 @@ def parse_config(raw: Mapping[str, Any], *, source: str = "built-in defaults") -
         base = polling
         if btype in TYPE_POLLING and "polling" not in raw:
             base = PollingConfig(**{**asdict(polling), **TYPE_POLLING[btype]})
-        own_polling = _polling(_table(table, "polling", where), base, where, f"{ctx}.polling")
+        own_polling = _polling(_table(table, "polling", where, f"{ctx} polling"), base, where,
+                               f"[backends.{name}.polling]")
         options = {k: v for k, v in table.items()
                    if k not in {"type", "requests_per_second", "polling"}}
         backends[name] = BackendConfig(name=name, type=btype, requests_per_second=float(rps),
@@ -194,10 +202,11 @@ def _polling(t: Mapping[str, Any], base: PollingConfig, where: str, ctx: str) ->
     return p
 
 
-def _table(raw: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
+def _table(raw: Mapping[str, Any], key: str, where: str, name: str | None = None
+           ) -> Mapping[str, Any]:
     value = raw.get(key, {})
     if not isinstance(value, Mapping):
-        raise ConfigError(f"{where}: [{key}] must be a table")
+        raise ConfigError(f"{where}: {name or f'[{key}]'} must be a table")
     return value
 
 
@@ -217,6 +226,7 @@ def _str(t: Mapping[str, Any], key: str, where: str, ctx: str) -> str | None:
 
 def _num(t: Mapping[str, Any], key: str, where: str, ctx: str, default: float) -> float:
     value = t.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{where}: {ctx} {key}: must be a number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not math.isfinite(value):
+        raise ConfigError(f"{where}: {ctx} {key}: must be a finite number, got {value!r}")
     return value

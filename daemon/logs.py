@@ -10,14 +10,15 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
 
 import structlog
 from structlog.tracebacks import ExceptionDictTransformer
 
 _secrets: set[str] = set()
-_SECRET_KEYS = re.compile(r"(api[_-]?key|token|secret|password|authorization)", re.I)
+_SECRET_KEYS = re.compile(
+    r"(api[_-]?key|(^|_)token$|secret|password|authorization|credential)", re.I)
 MASK = "***"
 
 
@@ -33,14 +34,26 @@ def redact(value: str) -> str:
     return value
 
 
+def _scrub(value: Any) -> Any:
+    """``value`` with secrets masked, keeping its JSON type."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, Mapping):
+        return {k: MASK if isinstance(k, str) and _SECRET_KEYS.search(k) and v is not None
+                else _scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(v) for v in value]
+    if value is None or isinstance(value, int | float | bool):
+        return value
+    return redact(str(value)) if _secrets else value
+
+
 def _redact_processor(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key, value in list(event.items()):
         if _SECRET_KEYS.search(key) and value is not None:
             event[key] = MASK
-        elif isinstance(value, str):
-            event[key] = redact(value)
-        elif _secrets and not isinstance(value, int | float | bool):
-            event[key] = redact(str(value))
+        else:
+            event[key] = _scrub(value)
     return event
 
 
@@ -61,7 +74,9 @@ def configure(level: str = "info", *, json_output: bool | None = None) -> None:
                         ExceptionDictTransformer(show_locals=False)),
                     _redact_processor, structlog.processors.JSONRenderer()]
     else:
-        renderer = [_redact_processor, structlog.dev.ConsoleRenderer(colors=False)]
+        # plain tracebacks: rich's (the default) prints frame locals, which can hold secrets
+        renderer = [_redact_processor, structlog.dev.ConsoleRenderer(
+            colors=False, exception_formatter=structlog.dev.plain_traceback)]
     structlog.configure(
         processors=[structlog.stdlib.filter_by_level, *shared,
                     structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

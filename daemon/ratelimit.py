@@ -21,6 +21,8 @@ class RequestBudget:
         self._last = self._loop.time()
         self._paused_until = 0.0
         self._lock = asyncio.Lock()
+        #: set when the rate or a pause changes, to wake a waiter sleeping on old numbers
+        self._changed = asyncio.Event()
         #: requests granted so far (for health and tests)
         self.granted = 0
 
@@ -32,11 +34,17 @@ class RequestBudget:
     def set_rate(self, rate: float) -> None:
         self._refill()
         self.rate = rate
+        self._poke()
+
+    def _poke(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     def pause(self, seconds: float) -> None:
         """Send nothing to this backend for ``seconds`` (extends, never shortens, a pause)."""
         self._paused_until = max(self._paused_until, self._loop.time() + max(0.0, seconds))
         self._tokens = min(self._tokens, 1.0)
+        self._poke()
 
     async def acquire(self) -> None:
         """Wait for permission to send one request."""
@@ -44,7 +52,7 @@ class RequestBudget:
             while True:
                 now = self._loop.time()
                 if now < self._paused_until:
-                    await asyncio.sleep(self._paused_until - now)
+                    await self._sleep(self._paused_until - now)
                     continue
                 if self.rate <= 0:
                     break
@@ -52,8 +60,15 @@ class RequestBudget:
                 if self._tokens >= 1.0:
                     self._tokens -= 1.0
                     break
-                await asyncio.sleep((1.0 - self._tokens) / self.rate)
+                await self._sleep((1.0 - self._tokens) / self.rate)
             self.granted += 1
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake early if the rate or a pause changes."""
+        try:
+            await asyncio.wait_for(self._changed.wait(), seconds)
+        except TimeoutError:
+            pass
 
     def _refill(self) -> None:
         now = self._loop.time()
