@@ -50,7 +50,8 @@ class IdempotencyConflict(StoreError):
 
 def translate(exc: sqlite3.Error) -> StoreError:
     """The StoreError for a sqlite3 error raised by a write."""
-    text = str(exc).lower()
-    if "full" in text:
+    code = getattr(exc, "sqlite_errorcode", None)
+    full = code & 0xFF == sqlite3.SQLITE_FULL if code is not None else "full" in str(exc).lower()
+    if full:
         return DiskFull(f"database write failed: {exc}")
     return StoreUnavailable(f"database write failed: {exc}")

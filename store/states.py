@@ -105,9 +105,9 @@ def batch_state(job_states: Iterable[JobState], *, cancel_requested: bool = Fals
         for ending in (JobState.TIMED_OUT, JobState.FAILED, JobState.CANCELED):
             if ending in states:
                 return ending
+    if states & TERMINAL:  # some ended, the rest still on their way
+        return JobState.RUNNING
     for progress in (JobState.RUNNING, JobState.SUBMITTED, JobState.SUBMITTING):
         if progress in states:
             return progress
-    if states & TERMINAL:  # some ended, the rest still queued
-        return JobState.RUNNING
     return JobState.QUEUED

@@ -74,11 +74,10 @@ class Store:
         try:
             await _check_integrity(wconn, path, check)
             await _migrate(wconn, path)
-            reader = await _connect(path)
+            reader = await _connect(path, query_only=True)
         except BaseException:
             await wconn.close()
             raise
-        await reader.execute("PRAGMA query_only=ON")
         store = cls(path, wconn, reader)
         store._writer_task = asyncio.get_running_loop().create_task(
             store.writer.run(), name="store-writer")
@@ -86,11 +85,17 @@ class Store:
 
     async def close(self) -> None:
         """Finish queued writes, then close both connections."""
-        await self.writer.close()
-        if self._writer_task is not None:
-            await self._writer_task
-        await self._reader.close()
-        await self._wconn.close()
+        try:
+            await self.writer.close()
+            task = self._writer_task
+            if task is not None:
+                # wait, not await: a cancelled writer must not make close() look cancelled
+                await asyncio.wait([task])
+                if not task.cancelled():
+                    task.result()  # a crashed writer is a bug: say so
+        finally:
+            await self._reader.close()
+            await self._wconn.close()
 
     async def write(self, op: WriteOp[Any]) -> Any:
         return await self.writer.write(op)
@@ -105,7 +110,9 @@ class Store:
         """
         batch_id = new_id()
 
-        async def op(conn: aiosqlite.Connection) -> str | None:
+        # The answer is read inside the write: once the write is committed, close() may
+        # shut the reader before this caller runs again.
+        async def op(conn: aiosqlite.Connection) -> tuple[Batch, bool]:
             if new.idempotency_key is not None:
                 row = await _one(conn, "SELECT id, request_hash FROM batches "
                                        "WHERE owner_uid = ? AND idempotency_key = ?",
@@ -113,7 +120,7 @@ class Store:
                 if row is not None:
                     if row[1] != new.request_hash:
                         raise IdempotencyConflict(new.idempotency_key, row[0])
-                    return str(row[0])
+                    return await self._read_batch(conn, str(row[0])), False
             now = time.time()
             await conn.execute(
                 "INSERT INTO batches (id, owner_uid, backend, shots, name, tags, options, "
@@ -139,10 +146,9 @@ class Store:
                   c.num_qubits, c.num_clbits) for i, c in enumerate(new.circuits)])
             await _event(conn, now, batch_id, None, "batch_created", JobState.QUEUED,
                          {"circuits": len(new.circuits), "jobs": len(job_rows)})
-            return None
+            return await self._read_batch(conn, batch_id), True
 
-        existing = await self.write(op)
-        return await self.get_batch(existing or batch_id), existing is None
+        return await self.write(op)
 
     async def transition(
         self,
@@ -275,13 +281,17 @@ class Store:
 
     async def get_batch(self, batch_id: str, *, with_jobs: bool = True) -> Batch:
         """The batch (with its jobs unless told otherwise); NotFound if there is none."""
-        row = await _one(self._reader, f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id = ?",
+        return await self._read_batch(self._reader, batch_id, with_jobs=with_jobs)
+
+    async def _read_batch(self, conn: aiosqlite.Connection, batch_id: str, *,
+                          with_jobs: bool = True) -> Batch:
+        row = await _one(conn, f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id = ?",
                          (batch_id,))
         if row is None:
             raise NotFound(f"no batch {batch_id!r}")
         if not with_jobs:
             return _batch(row, ())
-        jobs = await self._jobs_of([batch_id])
+        jobs = await self._jobs_of([batch_id], conn)
         return _batch(row, jobs.get(batch_id, ()))
 
     async def list_batches(
@@ -363,17 +373,19 @@ class Store:
         return [Event(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]) if r[6] else None)
                 for r in rows]
 
-    async def _jobs_of(self, batch_ids: Sequence[str]) -> dict[str, tuple[Job, ...]]:
+    async def _jobs_of(self, batch_ids: Sequence[str], conn: aiosqlite.Connection | None = None,
+                       ) -> dict[str, tuple[Job, ...]]:
         if not batch_ids:
             return {}
+        conn = self._reader if conn is None else conn
         marks = ", ".join("?" for _ in batch_ids)
         labels: dict[str, list[str]] = {}
-        for job_id, label in await self._reader.execute_fetchall(
+        for job_id, label in await conn.execute_fetchall(
                 f"SELECT job_id, label FROM circuits WHERE batch_id IN ({marks}) "
                 "ORDER BY position", tuple(batch_ids)):
             labels.setdefault(job_id, []).append(label)
         out: dict[str, list[Job]] = {}
-        for r in await self._reader.execute_fetchall(
+        for r in await conn.execute_fetchall(
                 f"SELECT {_JOB_COLUMNS} FROM jobs WHERE batch_id IN ({marks}) "
                 "ORDER BY batch_id, position", tuple(batch_ids)):
             job = _job(r, tuple(labels.get(r[0], ())))
@@ -383,16 +395,35 @@ class Store:
 
 # -- helpers ---------------------------------------------------------------------------
 
-async def _connect(path: Path) -> aiosqlite.Connection:
+async def _connect(path: Path, *, query_only: bool = False) -> aiosqlite.Connection:
     try:
         conn = await aiosqlite.connect(path, isolation_level=None)
-        for pragma in _PRAGMAS:
-            await conn.execute(pragma)
-    except sqlite3.DatabaseError as exc:
-        if "not a database" in str(exc) or "malformed" in str(exc):
-            raise CorruptDatabase(f"{path}: {exc}") from exc
+    except sqlite3.Error as exc:
         raise StoreUnavailable(f"{path}: cannot open the database: {exc}") from exc
+    try:
+        for pragma in _PRAGMAS + (("PRAGMA query_only=ON",) if query_only else ()):
+            await conn.execute(pragma)
+    except BaseException as exc:
+        # an unclosed connection's (non-daemon) thread would keep the process from exiting
+        await conn.close()
+        if isinstance(exc, sqlite3.DatabaseError) and _is_corrupt(exc):
+            raise _corrupt(path, exc) from exc
+        if isinstance(exc, sqlite3.Error):
+            raise StoreUnavailable(f"{path}: cannot open the database: {exc}") from exc
+        raise
     return conn
+
+
+def _is_corrupt(exc: sqlite3.Error) -> bool:
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    return code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or any(
+        words in str(exc) for words in ("not a database", "malformed"))
+
+
+def _corrupt(path: Path, why: object) -> CorruptDatabase:
+    return CorruptDatabase(
+        f"{path}: the database is corrupt ({why}); refusing to run on it. "
+        "Restore a backup or move the file aside.")
 
 
 async def _check_integrity(conn: aiosqlite.Connection, path: Path, check: str) -> None:
@@ -402,12 +433,13 @@ async def _check_integrity(conn: aiosqlite.Connection, path: Path, check: str) -
     try:
         rows = await conn.execute_fetchall(f"PRAGMA {pragma}")
     except sqlite3.DatabaseError as exc:
-        raise CorruptDatabase(f"{path}: the integrity check failed: {exc}") from exc
+        if _is_corrupt(exc):
+            raise _corrupt(path, exc) from exc
+        # e.g. locked by another process: not a reason to tell anyone to restore a backup
+        raise StoreUnavailable(f"{path}: cannot check the database: {exc}") from exc
     problems = [r[0] for r in rows if r[0] != "ok"]
     if problems:
-        raise CorruptDatabase(
-            f"{path}: the database is corrupt ({'; '.join(problems[:5])}); "
-            "refusing to run on it. Restore a backup or move the file aside.")
+        raise _corrupt(path, "; ".join(problems[:5]))
 
 
 async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:

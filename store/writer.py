@@ -22,7 +22,9 @@ from store.errors import StoreError, StoreUnavailable, translate
 
 T = TypeVar("T")
 
-#: a write: async function of the connection, run inside the writer's transaction
+#: a write: async function of the connection, run inside the writer's transaction. It may
+#: run again if SQLite rolls back its group's transaction for another operation's error,
+#: so it must not act outside the database, nor commit or roll back itself.
 WriteOp = Callable[[aiosqlite.Connection], Awaitable[T]]
 
 
@@ -71,6 +73,7 @@ class Writer:
 
     async def run(self) -> None:
         """The writer loop; returns once ``close()`` was called and the queue is drained."""
+        group: list[_Item[Any]] = []
         try:
             while True:
                 first = await self._queue.get()
@@ -90,6 +93,12 @@ class Writer:
                     break
         finally:
             self._closed = True
+            # anyio's shield does not stop a native Task.cancel(): if the loop was cancelled
+            # mid-group, its callers must not wait forever (the outcome is unknown to them)
+            for item in group:
+                if not item.future.done():
+                    item.future.set_exception(
+                        StoreUnavailable("the store closed during the write"))
             while not self._queue.empty():  # fail what can no longer be written
                 item = self._queue.get_nowait()
                 if item is not None and not item.future.done():
@@ -103,12 +112,13 @@ class Writer:
             self._queue.put_nowait(None)
         await self._done.wait()
 
-    async def _commit(self, group: list[_Item[Any]]) -> None:
+    async def _commit(self, group: list[_Item[Any]], *, retry: bool = True) -> None:
         conn = self._conn
         try:
             await conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             self._fail_all(group, translate(exc))
+            await self._abandon()  # never stay wedged inside a stale transaction
             return
         single = len(group) == 1
         for item in group:
@@ -120,6 +130,9 @@ class Writer:
                     await conn.execute("RELEASE op")
             except Exception as exc:
                 item.error = translate(exc) if isinstance(exc, sqlite3.OperationalError) else exc
+                if not conn.in_transaction:
+                    await self._rolled_back(group, item, retry=retry)
+                    return
                 try:
                     if single:
                         await conn.execute("ROLLBACK")
@@ -144,6 +157,33 @@ class Writer:
         self.stats.largest_group = max(self.stats.largest_group, len(group))
         self.stats.last_commit_at = asyncio.get_running_loop().time()
         self._settle(group)
+
+    async def _rolled_back(self, group: list[_Item[Any]], culprit: _Item[Any], *,
+                           retry: bool) -> None:
+        """SQLite itself rolled back the whole transaction after ``culprit``'s error.
+
+        SQLITE_FULL, SQLITE_IOERR and the like may end the transaction, savepoints
+        included, so the work of the group's other operations is gone too. The culprit
+        fails with its own error; the others did nothing wrong and run once more in a
+        fresh transaction (once: on a full disk they would most likely fail again).
+        """
+        self.stats.failed_commits += 1
+        self.stats.last_error = str(culprit.error)
+        self._settle([culprit])
+        rest = [item for item in group if item is not culprit]
+        if not rest:
+            return
+        if retry:
+            for item in rest:
+                item.result = item.error = None
+            await self._commit(rest, retry=False)
+            return
+        error = culprit.error
+        if not isinstance(error, StoreError):
+            error = StoreUnavailable(f"the transaction was rolled back: {error}")
+        for item in rest:
+            item.result, item.error = None, error
+        self._settle(rest)
 
     async def _abandon(self) -> None:
         if self._conn.in_transaction:
