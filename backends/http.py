@@ -45,7 +45,8 @@ def error_text(response: httpx.Response, limit: int = 300) -> str:
     except (json.JSONDecodeError, UnicodeDecodeError):
         body = response.text
     if isinstance(body, Mapping):
-        for key in ("detail", "error", "message"):
+        # IonQ: {"statusCode", "error": reason phrase, "message"}; Qoro: {"detail"}/{"error"}
+        for key in ("message", "detail", "error"):
             value = body.get(key)
             if isinstance(value, Mapping):
                 value = value.get("message") or value.get("error") or json.dumps(value)

@@ -35,6 +35,8 @@ DEFAULT_BASE_URL = "https://api.ionq.co/v0.4"
 HISTOGRAM = "ionq.result.histogram.json.v1"
 PROBABILITIES = "ionq.result.probabilities.json.v1"
 KEY_FIELD = "qjobd_key"
+#: the API's page size limit (OpenAPI ``pagination-limit``), which ``?ids=`` queries obey too
+PAGE_LIMIT = 25
 _COMPLETED_CACHE = 50_000
 
 _STATES = {
@@ -63,10 +65,10 @@ class IonQBackend(Backend):
         self.target = str(config.get("target", "simulator"))
         self.noise_model = config.get("noise_model")
         self.timeout = float(config.get("timeout", 30.0))
-        max_ids = int(config.get("max_ids_per_request", 100))
+        max_ids = int(config.get("max_ids_per_request", PAGE_LIMIT))
         if not 1 <= max_ids <= 1000:
             raise ValueError("max_ids_per_request must be between 1 and 1000")
-        self.lookup_max_pages = int(config.get("lookup_max_pages", 50))
+        self.lookup_max_pages = int(config.get("lookup_max_pages", 400))
         self._key = read_api_key(name, config, "IONQ_API_KEY")
         self.capabilities = Capabilities(
             grouping=Grouping.PER_CIRCUIT, batch_status=True, max_status_batch=max_ids,
@@ -153,7 +155,7 @@ class IonQBackend(Backend):
     async def status(self, remote_ids: Sequence[str]) -> dict[str, RemoteStatus]:
         what = "get jobs"
         params: list[tuple[str, str | int]] = [("ids", i) for i in remote_ids]
-        params.append(("limit", len(remote_ids)))
+        params.append(("limit", min(len(remote_ids), PAGE_LIMIT)))
         out: dict[str, RemoteStatus] = {}
         cursor: str | None = None
         for _ in range(len(remote_ids) + 1):  # follow pages, but never forever
@@ -248,7 +250,7 @@ class IonQBackend(Backend):
         what = "list jobs"
         cursor: str | None = None
         for _ in range(self.lookup_max_pages):
-            params: dict[str, str | int] = {"limit": 100, "target": self.target}
+            params: dict[str, str | int] = {"limit": PAGE_LIMIT, "target": self.target}
             if cursor:
                 params["next"] = cursor
             answer = json_body(check(await send(self.client, "GET", "jobs", what,

@@ -49,7 +49,7 @@ MAX_IN_FLIGHT = 16
 #: how long a backend whose credentials were refused waits before trying again
 AUTH_PAUSE = 60.0
 #: how far the provider's clock may run behind ours, for lookups by creation time
-LOOKUP_CLOCK_SKEW = 300.0
+LOOKUP_CLOCK_SKEW = 60.0
 
 
 @dataclass(slots=True)
@@ -160,13 +160,26 @@ class BackendRunner:
         chunk = max(1, self.backend.capabilities.max_status_batch)
         for start in range(0, len(remote), chunk):
             group = remote[start:start + chunk]
+            ids = [t.remote_id for t in group]
             try:
-                await self._request(self.backend.cancel, [t.remote_id for t in group])
+                await self._request(self.backend.cancel, ids)
             except BackendError as exc:
                 self._log.warning("remote cancel failed; ending the jobs anyway",
                                   error=str(exc), jobs=len(group))
+            # a job may have finished before the cancel reached it (a provider may still
+            # answer "canceled"): ask, and keep what it finished
+            try:
+                statuses = await self._request(self.backend.status, ids)
+            except BackendError:
+                statuses = {}
             for tracked in group:
-                if tracked.job_id in self._jobs:
+                if tracked.job_id not in self._jobs:
+                    continue
+                status = statuses.get(tracked.remote_id or "")
+                if status is not None and status.state in (RemoteState.COMPLETED,
+                                                           RemoteState.FAILED):
+                    await self._handle_safely(tracked, status)
+                else:
                     await self._move(tracked, reason,
                                      error=why if reason != JobState.CANCELED else None,
                                      detail={"reason": why})
