@@ -88,7 +88,9 @@ class IonQBackend(Backend):
             base_url=self.base_url + "/",
             headers={"Authorization": f"apiKey {self._key}", "User-Agent": "qjobd"},
             timeout=httpx.Timeout(self.timeout, connect=min(10.0, self.timeout)),
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
+            # httpcore checks every pooled connection on each request (a poll and a
+            # getpeername each): a small pool costs less CPU than a wide one saves waiting
+            limits=httpx.Limits(max_connections=8, max_keepalive_connections=8),
             # no transport retries: a retried POST could create a second job
             transport=httpx.AsyncHTTPTransport(retries=0),
         )

@@ -27,7 +27,7 @@ from daemon.backoff import Backoff
 from daemon.config import BackendConfig
 from daemon.ratelimit import RequestBudget
 from store.errors import StoreError
-from store.models import Job
+from store.models import Batch, Job
 from store.states import IllegalTransition, JobState, can_move
 from store.store import Store
 
@@ -46,6 +46,8 @@ _REMOTE_TO_JOB = {
 COALESCE_WINDOW = 0.05
 #: at most this many requests to one backend in flight at once
 MAX_IN_FLIGHT = 16
+#: concurrent submissions per backend (each waits on the budget like any request)
+SUBMITTERS = 16
 #: how long a backend whose credentials were refused waits before trying again
 AUTH_PAUSE = 60.0
 #: how far the provider's clock may run behind ours, for lookups by creation time
@@ -89,6 +91,7 @@ class BackendRunner:
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending_schedule: list[tuple[str, str | None, float, float]] = []
+        self._batches: dict[str, Batch] = {}
         #: counters for health and tests
         self.requests = 0
         self.errors = 0
@@ -187,7 +190,7 @@ class BackendRunner:
     async def run(self) -> None:
         """The engine's loops; runs until cancelled."""
         submitters = [asyncio.create_task(self._submit_loop(), name=f"{self.name}-submit-{i}")
-                      for i in range(4)]
+                      for i in range(SUBMITTERS)]
         try:
             await self._poll_loop()
         finally:
@@ -220,7 +223,7 @@ class BackendRunner:
                     self._retry_later(tracked)
 
     async def _submit(self, tracked: Tracked) -> None:
-        batch = await self.store.get_batch(tracked.batch_id, with_jobs=False)
+        batch = await self._batch(tracked.batch_id)
         job = await self.store.get_job(tracked.job_id)
         records = await self.store.circuits(tracked.job_id)
         try:
@@ -436,7 +439,7 @@ class BackendRunner:
             await self._move(tracked, JobState.FAILED, remote_status=status.raw,
                              error=f"the provider returned no counts for {', '.join(missing)}")
             return
-        batch = await self.store.get_batch(tracked.batch_id, with_jobs=False)
+        batch = await self._batch(tracked.batch_id)
         await self._move(tracked, JobState.COMPLETED, remote_status=status.raw,
                          results={c.label: counts[c.label] for c in circuits},
                          shots=batch.shots)
@@ -503,6 +506,16 @@ class BackendRunner:
             tracked.pending_end = None
             self._spawn(self.cancel([tracked.job_id], reason=reason, why=why))
         self._on_batch_change(tracked.batch_id)
+
+    async def _batch(self, batch_id: str) -> Batch:
+        """A batch's settings (shots, name, options never change), read once per batch."""
+        batch = self._batches.get(batch_id)
+        if batch is None:
+            batch = await self.store.get_batch(batch_id, with_jobs=False)
+            if len(self._batches) >= 1024:
+                self._batches.pop(next(iter(self._batches)))
+            self._batches[batch_id] = batch
+        return batch
 
     async def _resync(self, tracked: Tracked) -> None:
         """Take the store's word for a job whose in-memory state went stale."""

@@ -87,4 +87,16 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX events_batch ON events (batch_id, seq);
     """,
+    # 2: per-batch job counts by state, kept with every move, so a batch's state is
+    #    derived from a handful of rows rather than by scanning all of its jobs
+    """
+    CREATE TABLE batch_job_counts (
+        batch_id TEXT NOT NULL REFERENCES batches (id) ON DELETE CASCADE,
+        state    TEXT NOT NULL,
+        n        INTEGER NOT NULL,
+        PRIMARY KEY (batch_id, state)
+    ) WITHOUT ROWID;
+    INSERT INTO batch_job_counts (batch_id, state, n)
+        SELECT batch_id, state, count(*) FROM jobs GROUP BY batch_id, state;
+    """,
 ]

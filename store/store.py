@@ -10,9 +10,9 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -26,8 +26,10 @@ from store.errors import (
 )
 from store.models import Batch, CircuitRecord, Event, Job, NewBatch, Result, new_id
 from store.schema import MIGRATIONS
-from store.states import ACTIVE, IllegalTransition, JobState, batch_state, predecessors
-from store.writer import WriteOp, Writer
+from store.states import ACTIVE, IllegalTransition, JobState, batch_state, can_move
+from store.writer import WriteOp, Writer, run_on_connection_thread
+
+T = TypeVar("T")
 
 _PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -112,17 +114,17 @@ class Store:
 
         # The answer is read inside the write: once the write is committed, close() may
         # shut the reader before this caller runs again.
-        async def op(conn: aiosqlite.Connection) -> tuple[Batch, bool]:
+        def op(conn: sqlite3.Connection) -> tuple[Batch, bool]:
             if new.idempotency_key is not None:
-                row = await _one(conn, "SELECT id, request_hash FROM batches "
-                                       "WHERE owner_uid = ? AND idempotency_key = ?",
-                                 (new.owner_uid, new.idempotency_key))
+                row = conn.execute("SELECT id, request_hash FROM batches "
+                                   "WHERE owner_uid = ? AND idempotency_key = ?",
+                                   (new.owner_uid, new.idempotency_key)).fetchone()
                 if row is not None:
                     if row[1] != new.request_hash:
                         raise IdempotencyConflict(new.idempotency_key, row[0])
-                    return await self._read_batch(conn, str(row[0])), False
+                    return _read_batch(conn, str(row[0])), False
             now = time.time()
-            await conn.execute(
+            conn.execute(
                 "INSERT INTO batches (id, owner_uid, backend, shots, name, tags, options, "
                 "timeout, state, idempotency_key, request_hash, created_at, updated_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -136,17 +138,19 @@ class Store:
                 job_rows.append((job_id, batch_id, position, new.backend, f"qjobd-{job_id}",
                                  JobState.QUEUED, now, now))
                 job_of.update((label, job_id) for label in labels)
-            await conn.executemany(
+            conn.executemany(
                 "INSERT INTO jobs (id, batch_id, position, backend, submission_key, state, "
                 "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", job_rows)
-            await conn.executemany(
+            conn.execute("INSERT INTO batch_job_counts (batch_id, state, n) VALUES (?, ?, ?)",
+                         (batch_id, JobState.QUEUED, len(job_rows)))
+            conn.executemany(
                 "INSERT INTO circuits (batch_id, label, position, job_id, source, qasm_version, "
                 "num_qubits, num_clbits) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [(batch_id, c.label, i, job_of[c.label], c.source, c.qasm_version,
                   c.num_qubits, c.num_clbits) for i, c in enumerate(new.circuits)])
-            await _event(conn, now, batch_id, None, "batch_created", JobState.QUEUED,
-                         {"circuits": len(new.circuits), "jobs": len(job_rows)})
-            return await self._read_batch(conn, batch_id), True
+            _event(conn, now, batch_id, None, "batch_created", JobState.QUEUED,
+                   {"circuits": len(new.circuits), "jobs": len(job_rows)})
+            return _read_batch(conn, batch_id), True
 
         return await self.write(op)
 
@@ -170,9 +174,13 @@ class Store:
         Raises IllegalTransition if the state machine does not allow the move from the
         job's current state. Returns the batch's state afterwards.
         """
-        allowed = predecessors(target)
 
-        async def op(conn: aiosqlite.Connection) -> JobState:
+        def op(conn: sqlite3.Connection) -> JobState:
+            row = conn.execute("SELECT state, batch_id FROM jobs WHERE id = ?",
+                               (job_id,)).fetchone()
+            if row is None or not can_move(JobState(row[0]), target):
+                raise IllegalTransition(job_id, None if row is None else row[0], target)
+            current, batch_id = JobState(row[0]), str(row[1])
             now = time.time()
             sets = ["state = ?", "updated_at = ?"]
             args: list[Any] = [target, now]
@@ -190,19 +198,14 @@ class Store:
                 sets.append("finished_at = ?")
                 args.append(now)
                 sets.append("next_poll_at = NULL")
-            marks = ", ".join("?" for _ in allowed)
-            cursor = await conn.execute(
-                f"UPDATE jobs SET {', '.join(sets)} WHERE id = ? AND state IN ({marks}) "
-                "RETURNING batch_id",
-                (*args, job_id, *allowed))
-            row = await cursor.fetchone()
-            await cursor.close()
-            if row is None:
-                current = await _one(conn, "SELECT state FROM jobs WHERE id = ?", (job_id,))
-                raise IllegalTransition(job_id, None if current is None else current[0], target)
-            batch_id = str(row[0])
+            conn.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", (*args, job_id))
+            conn.execute("UPDATE batch_job_counts SET n = n - 1 WHERE batch_id = ? AND state = ?",
+                         (batch_id, current))
+            conn.execute("INSERT INTO batch_job_counts (batch_id, state, n) VALUES (?, ?, 1) "
+                         "ON CONFLICT (batch_id, state) DO UPDATE SET n = n + 1",
+                         (batch_id, target))
             if results:
-                await conn.executemany(
+                conn.executemany(
                     "INSERT INTO results (batch_id, label, job_id, counts, shots, created_at) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
                     [(batch_id, label, job_id, _dumps(counts),
@@ -215,8 +218,8 @@ class Store:
                 event_detail.setdefault("remote_id", remote_id)
             if remote_status is not None:
                 event_detail.setdefault("remote_status", remote_status)
-            await _event(conn, now, batch_id, job_id, "job_state", target, event_detail or None)
-            return await _refresh_batch(conn, batch_id, now)
+            _event(conn, now, batch_id, job_id, "job_state", target, event_detail or None)
+            return _refresh_batch(conn, batch_id, now)
 
         return await self.write(op)
 
@@ -230,39 +233,35 @@ class Store:
         if not rows:
             return
 
-        async def op(conn: aiosqlite.Connection) -> None:
+        def op(conn: sqlite3.Connection) -> None:
             now = time.time()
-            await conn.executemany(
+            conn.executemany(
                 "UPDATE jobs SET poll_interval = ?, next_poll_at = ? "
                 f"WHERE id = ? AND state IN ({_ACTIVE_SQL})",
                 [(interval, due, job_id) for job_id, _, interval, due in rows])
             for job_id, raw, _, _ in rows:
                 if raw is None:
                     continue
-                cursor = await conn.execute(
+                changed = conn.execute(
                     "UPDATE jobs SET remote_status = ?, updated_at = ? "
                     f"WHERE id = ? AND state IN ({_ACTIVE_SQL}) RETURNING batch_id",
-                    (raw, now, job_id))
-                changed = await cursor.fetchone()
-                await cursor.close()
+                    (raw, now, job_id)).fetchone()
                 if changed is not None:
-                    await _event(conn, now, str(changed[0]), job_id, "remote_status", None,
-                                 {"remote_status": raw})
+                    _event(conn, now, str(changed[0]), job_id, "remote_status", None,
+                           {"remote_status": raw})
 
         await self.write(op)
 
     async def request_cancel(self, batch_id: str) -> bool:
         """Mark a batch for cancellation; False if it was marked already."""
 
-        async def op(conn: aiosqlite.Connection) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
             now = time.time()
-            cursor = await conn.execute(
+            changed = conn.execute(
                 "UPDATE batches SET cancel_requested = 1, updated_at = ? "
-                "WHERE id = ? AND cancel_requested = 0", (now, batch_id))
-            changed = cursor.rowcount > 0
-            await cursor.close()
+                "WHERE id = ? AND cancel_requested = 0", (now, batch_id)).rowcount > 0
             if changed:
-                await _event(conn, now, batch_id, None, "cancel_requested", None, None)
+                _event(conn, now, batch_id, None, "cancel_requested", None, None)
             return changed
 
         return await self.write(op)
@@ -272,27 +271,20 @@ class Store:
                         detail: Mapping[str, Any] | None = None) -> None:
         """Append an event that changes no state (e.g. a job run again after a restart)."""
 
-        async def op(conn: aiosqlite.Connection) -> None:
-            await _event(conn, time.time(), batch_id, job_id, kind, None, detail)
+        def op(conn: sqlite3.Connection) -> None:
+            _event(conn, time.time(), batch_id, job_id, kind, None, detail)
 
         await self.write(op)
 
     # -- reads -----------------------------------------------------------------------
 
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read on the reader's thread: one hop, however many statements."""
+        return await run_on_connection_thread(self._reader, fn)
+
     async def get_batch(self, batch_id: str, *, with_jobs: bool = True) -> Batch:
         """The batch (with its jobs unless told otherwise); NotFound if there is none."""
-        return await self._read_batch(self._reader, batch_id, with_jobs=with_jobs)
-
-    async def _read_batch(self, conn: aiosqlite.Connection, batch_id: str, *,
-                          with_jobs: bool = True) -> Batch:
-        row = await _one(conn, f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id = ?",
-                         (batch_id,))
-        if row is None:
-            raise NotFound(f"no batch {batch_id!r}")
-        if not with_jobs:
-            return _batch(row, ())
-        jobs = await self._jobs_of([batch_id], conn)
-        return _batch(row, jobs.get(batch_id, ()))
+        return await self._read(lambda c: _read_batch(c, batch_id, with_jobs=with_jobs))
 
     async def list_batches(
         self, *, owner_uid: int | None = None, state: str | None = None,
@@ -309,12 +301,15 @@ class Store:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq DESC LIMIT ?"
-        rows = list(await self._reader.execute_fetchall(sql, (*args, limit + 1)))
-        more = len(rows) > limit
-        rows = rows[:limit]
-        jobs = await self._jobs_of([r[1] for r in rows])
-        batches = [_batch(r, jobs.get(r[1], ())) for r in rows]
-        return batches, (batches[-1].seq if more else None)
+        def read(conn: sqlite3.Connection) -> tuple[list[Batch], int | None]:
+            rows = conn.execute(sql, (*args, limit + 1)).fetchall()
+            more = len(rows) > limit
+            rows = rows[:limit]
+            jobs = _jobs_of(conn, [r[1] for r in rows])
+            batches = [_batch(r, jobs.get(r[1], ())) for r in rows]
+            return batches, (batches[-1].seq if more else None)
+
+        return await self._read(read)
 
     async def results(self, batch_id: str) -> list[Result]:
         rows = await self._reader.execute_fetchall(
@@ -342,11 +337,11 @@ class Store:
         return [_job(r) for r in rows]
 
     async def get_job(self, job_id: str) -> Job:
-        row = await _one(self._reader, f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?",
-                         (job_id,))
-        if row is None:
+        rows = await self._reader.execute_fetchall(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        if not rows:
             raise NotFound(f"no job {job_id!r}")
-        return _job(row)
+        return _job(next(iter(rows)))
 
     async def active_batches(self) -> list[Batch]:
         """Non-terminal batches, without their jobs (for deadlines and cancels)."""
@@ -372,26 +367,6 @@ class Store:
         rows = await self._reader.execute_fetchall(sql + " ORDER BY seq LIMIT ?", (*args, limit))
         return [Event(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]) if r[6] else None)
                 for r in rows]
-
-    async def _jobs_of(self, batch_ids: Sequence[str], conn: aiosqlite.Connection | None = None,
-                       ) -> dict[str, tuple[Job, ...]]:
-        if not batch_ids:
-            return {}
-        conn = self._reader if conn is None else conn
-        marks = ", ".join("?" for _ in batch_ids)
-        labels: dict[str, list[str]] = {}
-        for job_id, label in await conn.execute_fetchall(
-                f"SELECT job_id, label FROM circuits WHERE batch_id IN ({marks}) "
-                "ORDER BY position", tuple(batch_ids)):
-            labels.setdefault(job_id, []).append(label)
-        out: dict[str, list[Job]] = {}
-        for r in await conn.execute_fetchall(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE batch_id IN ({marks}) "
-                "ORDER BY batch_id, position", tuple(batch_ids)):
-            job = _job(r, tuple(labels.get(r[0], ())))
-            out.setdefault(job.batch_id, []).append(job)
-        return {k: tuple(v) for k, v in out.items()}
-
 
 # -- helpers ---------------------------------------------------------------------------
 
@@ -465,36 +440,59 @@ async def _one(conn: aiosqlite.Connection, sql: str, args: Sequence[Any]) -> Any
         return await cursor.fetchone()
 
 
-async def _event(conn: aiosqlite.Connection, ts: float, batch_id: str | None,
-                 job_id: str | None, kind: str, state: str | None,
-                 detail: Mapping[str, Any] | None) -> None:
-    await conn.execute(
+def _read_batch(conn: sqlite3.Connection, batch_id: str, *, with_jobs: bool = True) -> Batch:
+    row = conn.execute(f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id = ?",
+                       (batch_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"no batch {batch_id!r}")
+    if not with_jobs:
+        return _batch(row, ())
+    return _batch(row, _jobs_of(conn, [batch_id]).get(batch_id, ()))
+
+
+def _jobs_of(conn: sqlite3.Connection, batch_ids: Sequence[str]) -> dict[str, tuple[Job, ...]]:
+    if not batch_ids:
+        return {}
+    marks = ", ".join("?" for _ in batch_ids)
+    labels: dict[str, list[str]] = {}
+    for job_id, label in conn.execute(
+            f"SELECT job_id, label FROM circuits WHERE batch_id IN ({marks}) "
+            "ORDER BY position", tuple(batch_ids)):
+        labels.setdefault(job_id, []).append(label)
+    out: dict[str, list[Job]] = {}
+    for r in conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE batch_id IN ({marks}) "
+                          "ORDER BY batch_id, position", tuple(batch_ids)):
+        job = _job(r, tuple(labels.get(r[0], ())))
+        out.setdefault(job.batch_id, []).append(job)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def _event(conn: sqlite3.Connection, ts: float, batch_id: str | None, job_id: str | None,
+           kind: str, state: str | None, detail: Mapping[str, Any] | None) -> None:
+    conn.execute(
         "INSERT INTO events (ts, batch_id, job_id, kind, state, detail) "
         "VALUES (?, ?, ?, ?, ?, ?)",
         (ts, batch_id, job_id, kind, state, _dumps(detail) if detail else None))
 
 
-async def _refresh_batch(conn: aiosqlite.Connection, batch_id: str, now: float) -> JobState:
-    """Recompute a batch's state from its jobs; log and store it if it changed."""
-    row = await _one(conn, "SELECT state, cancel_requested FROM batches WHERE id = ?",
-                     (batch_id,))
-    states = [JobState(r[0]) for r in await conn.execute_fetchall(
-        "SELECT DISTINCT state FROM jobs WHERE batch_id = ?", (batch_id,))]
-    new = batch_state(states, cancel_requested=bool(row[1]))
+def _refresh_batch(conn: sqlite3.Connection, batch_id: str, now: float) -> JobState:
+    """Recompute a batch's state from its job counts; log and store it if it changed."""
+    row = conn.execute("SELECT state, cancel_requested FROM batches WHERE id = ?",
+                       (batch_id,)).fetchone()
+    counts = {JobState(state): n for state, n in conn.execute(
+        "SELECT state, n FROM batch_job_counts WHERE batch_id = ? AND n > 0", (batch_id,))}
+    new = batch_state(counts, cancel_requested=bool(row[1]))
     if new != row[0]:
         error = None
         if new.terminal and new != JobState.COMPLETED:
-            failed = await conn.execute_fetchall(
-                "SELECT count(*) FROM jobs WHERE batch_id = ? AND state != 'completed'",
-                (batch_id,))
-            total = await conn.execute_fetchall(
-                "SELECT count(*) FROM jobs WHERE batch_id = ?", (batch_id,))
-            error = f"{failed[0][0]} of {total[0][0]} job(s) did not complete"
-        await conn.execute(
+            total = sum(counts.values())
+            failed = total - counts.get(JobState.COMPLETED, 0)
+            error = f"{failed} of {total} job(s) did not complete"
+        conn.execute(
             "UPDATE batches SET state = ?, updated_at = ?, error = ?, finished_at = ? "
             "WHERE id = ?",
             (new, now, error, now if new.terminal else None, batch_id))
-        await _event(conn, now, batch_id, None, "batch_state", new, None)
+        _event(conn, now, batch_id, None, "batch_state", new, None)
     return new
 
 

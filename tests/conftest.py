@@ -42,6 +42,20 @@ FAST_POLLING = {"initial_interval": 0.01, "backoff_factor": 1.5, "max_interval":
                 "jitter": 0.1}
 
 
+async def eventually(check: Callable[[], Any], limit: float = 10) -> None:
+    """Wait until ``check()`` (sync or async) is true, polling it, for at most ``limit`` s."""
+    import anyio
+
+    with anyio.fail_after(limit):
+        while True:
+            done = check()
+            if asyncio.iscoroutine(done):
+                done = await done
+            if done:
+                return
+            await asyncio.sleep(0.01)
+
+
 def short_tmpdir() -> Path:
     """A directory short enough for AF_UNIX paths (108 bytes), unlike pytest's tmp_path."""
     return Path(tempfile.mkdtemp(prefix="qjobd-", dir="/tmp"))

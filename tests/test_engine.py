@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-import anyio
 import pytest
 
 from backends.base import Capabilities, RemoteState
@@ -21,7 +20,7 @@ from daemon.scheduler import Scheduler
 from store.models import Batch, CircuitRecord, NewBatch
 from store.states import JobState
 from store.store import Store
-from tests.conftest import BELL2, FAST_POLLING
+from tests.conftest import BELL2, FAST_POLLING, eventually
 from tests.fakes import ScriptedBackend
 
 
@@ -50,20 +49,10 @@ async def new_batch(store: Store, n: int = 1, **kw: object) -> Batch:
     return batch
 
 
-async def until(check: Callable[[], object], limit: float = 10) -> None:
-    """Wait for a condition, polling it, for at most ``limit`` seconds."""
-    with anyio.fail_after(limit):
-        while True:
-            done = await check() if asyncio.iscoroutinefunction(check) else check()
-            if done:
-                return
-            await asyncio.sleep(0.01)
-
-
 async def batch_is(store: Store, batch_id: str, state: JobState) -> None:
     async def check() -> bool:
         return (await store.get_batch(batch_id, with_jobs=False)).state == state
-    await until(check)
+    await eventually(check)
 
 
 @pytest.fixture
@@ -91,16 +80,16 @@ async def test_an_unknown_remote_status_is_recorded_and_the_job_keeps_polling(
     async with running(store, backend) as scheduler:
         batch = await new_batch(store)
         scheduler.accepted(batch)
-        await until(lambda: len(backend.jobs) == 1)
+        await eventually(lambda: len(backend.jobs) == 1)
         job = next(iter(backend.jobs.values()))
         job.state, job.raw = RemoteState.UNKNOWN, "calibrating"
 
         async def recorded() -> bool:
             j = (await store.get_batch(batch.id)).jobs[0]
             return j.remote_status == "calibrating"
-        await until(recorded)
+        await eventually(recorded)
         polls = backend.status_calls
-        await until(lambda: backend.status_calls >= polls + 3)  # still polling
+        await eventually(lambda: backend.status_calls >= polls + 3)  # still polling
         assert (await store.get_batch(batch.id)).jobs[0].state == JobState.SUBMITTED
         events = await store.events(batch_id=batch.id)
         assert any(e.kind == "remote_status" and e.detail == {"remote_status": "calibrating"}
@@ -118,7 +107,7 @@ async def test_a_restart_resumes_polling_without_resubmitting(store: Store) -> N
         async def all_submitted() -> bool:
             b = await store.get_batch(batch.id)
             return all(j.state == JobState.SUBMITTED for j in b.jobs)
-        await until(all_submitted)
+        await eventually(all_submitted)
     assert first.submits == 4
     second = ScriptedBackend("fake", {})
     second.share_remote(first)
@@ -189,12 +178,12 @@ async def test_a_429_pauses_the_backend_for_retry_after(store: Store) -> None:
     async with running(store, backend) as scheduler:
         batch = await new_batch(store, 3)
         scheduler.accepted(batch)
-        await until(lambda: len(backend.jobs) == 3)
+        await eventually(lambda: len(backend.jobs) == 3)
         backend.rate_limit_next = 0.4
-        await until(lambda: any(op == "status" for _, op in backend.calls[-1:]) and
+        await eventually(lambda: any(op == "status" for _, op in backend.calls[-1:]) and
                     backend.rate_limit_next is None)
         limited_at = backend.calls[-1][0]
-        await until(lambda: backend.calls[-1][0] > limited_at)
+        await eventually(lambda: backend.calls[-1][0] > limited_at)
         gap = backend.calls[-1][0] - limited_at
         assert gap >= 0.4 - 0.01, f"a request came {gap:.3f} s into a 0.4 s pause"
         assert scheduler.runners["fake"].budget.paused_for == 0
@@ -217,8 +206,8 @@ async def test_polls_due_together_are_merged_into_one_status_request(store: Stor
     async with running(store, backend) as scheduler:
         batch = await new_batch(store, 50)
         scheduler.accepted(batch)
-        await until(lambda: len(backend.jobs) == 50)
-        await until(lambda: backend.status_calls >= 10)
+        await eventually(lambda: len(backend.jobs) == 50)
+        await eventually(lambda: backend.status_calls >= 10)
     polled = sum(j.polls for j in backend.jobs.values())
     assert polled / backend.status_calls > 5, "polls were not coalesced"
 
@@ -249,7 +238,7 @@ async def test_a_cancel_during_the_create_request_cancels_the_remote_job(store: 
 
         async def submitting() -> bool:
             return (await store.get_batch(batch.id)).jobs[0].state == JobState.SUBMITTING
-        await until(submitting)
+        await eventually(submitting)
         scheduler.cancel(await store.get_batch(batch.id))
         gate.set()
         await batch_is(store, batch.id, JobState.CANCELED)

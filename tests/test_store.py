@@ -95,11 +95,13 @@ class Gate:
     writes issued meanwhile are known to form the next group."""
 
     def __init__(self, store: Store) -> None:
-        self.entered, self.released = asyncio.Event(), asyncio.Event()
+        # write ops run on the connection's thread: block it there, signal the loop
+        self.entered, self.released = asyncio.Event(), threading.Event()
+        loop = asyncio.get_running_loop()
 
-        async def op(conn: Any) -> None:
-            self.entered.set()
-            await self.released.wait()
+        def op(conn: Any) -> None:
+            loop.call_soon_threadsafe(self.entered.set)
+            self.released.wait(timeout=30)
 
         self.task = asyncio.create_task(store.write(op))
 
@@ -186,7 +188,7 @@ async def test_a_failing_migration_step_changes_nothing(db_path, monkeypatch):
     monkeypatch.setattr(store_module, "MIGRATIONS", [*MIGRATIONS, broken])
     before = sqlite_threads()
 
-    with pytest.raises(StoreError, match="migration 2 failed"):
+    with pytest.raises(StoreError, match=f"migration {len(MIGRATIONS) + 1} failed"):
         await Store.open(db_path)
 
     await assert_no_thread_left(before)
@@ -534,8 +536,8 @@ async def test_a_failing_write_does_not_roll_back_the_others_in_its_group(store)
     ok, bad = [j.id for j in batch.jobs[:5]], batch.jobs[5].id
     events = len(await store.events())
 
-    async def broken(conn: Any) -> None:
-        await conn.execute("INSERT INTO events (ts, kind) VALUES (0, 'half-done')")
+    def broken(conn: Any) -> None:
+        conn.execute("INSERT INTO events (ts, kind) VALUES (0, 'half-done')")
         raise RuntimeError("the op failed halfway")
 
     async with Gate(store):
@@ -615,6 +617,8 @@ async def test_a_cancelled_writer_fails_its_callers_instead_of_stranding_them(db
 
     assert s._writer_task is not None
     s._writer_task.cancel()
+    # the gate's op is running on the connection's thread, where nothing can interrupt it
+    gate.released.set()
 
     async with asyncio.timeout(5):
         with pytest.raises(StoreUnavailable):

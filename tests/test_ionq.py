@@ -1,0 +1,257 @@
+"""The IonQ backend inside the daemon's engine, against the fake IonQ over real HTTP.
+
+The daemon's parts run in-process (store on a real file, scheduler, API through ASGI);
+the fake runs in a thread with its own event loop and speaks IonQ's v0.4 wire format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from backends.ionq import IonQBackend
+from daemon import logs
+from daemon.api import Context, create_app
+from daemon.config import parse_config
+from daemon.notify import BatchChanges
+from daemon.scheduler import Scheduler
+from store.store import Store
+from tests.conftest import BELL2, BELL3, count_rows, eventually
+from tests.fake_ionq import FakeIonQ
+
+KEY = "sk-test-7f3a9c2e11d04b"
+TERMINAL = {"completed", "failed", "canceled", "timed_out"}
+GHZ3 = BELL3.replace("qubit[2] q;", "qubit[3] q;").replace("bit[2] c;", "bit[3] c;") \
+    .replace("c = measure q;", "cx q[1], q[2];\nc = measure q;")
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeIonQ]:
+    with FakeIonQ(api_key=KEY, duration=(0.05, 0.3)) as f:
+        yield f
+
+
+@dataclass
+class Harness:
+    store: Store
+    scheduler: Scheduler
+    backend: IonQBackend
+    client: httpx.AsyncClient
+    db: Path
+
+    async def submit(self, circuits: dict[str, str], **fields: object) -> dict:
+        r = await self.client.post("/v1/batches", json={"backend": "ionq", "circuits": circuits,
+                                                         "shots": 200, **fields})
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    async def wait(self, batch_id: str, limit: float = 30) -> dict:
+        with anyio.fail_after(limit):
+            while True:
+                r = await self.client.get(f"/v1/batches/{batch_id}/wait",
+                                          params={"timeout": 5})
+                if r.json()["state"] in TERMINAL:
+                    return r.json()
+
+
+@contextlib.asynccontextmanager
+async def daemon(fake: FakeIonQ, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *,
+                 rps: float = 0.0, db: Path | None = None) -> AsyncIterator[Harness]:
+    monkeypatch.setenv("IONQ_API_KEY", KEY)
+    config = parse_config({
+        "polling": {"initial_interval": 0.05, "max_interval": 0.2, "jitter": 0.1},
+        "backends": {"ionq": {"type": "ionq", "base_url": fake.base_url,
+                              "requests_per_second": rps}}})
+    db = db or tmp_path / "q.sqlite3"
+    store = await Store.open(db)
+    backend = IonQBackend("ionq", config.backends["ionq"].options)
+    logs.add_secrets(backend.secrets())
+    await backend.start()
+    changes = BatchChanges()
+    scheduler = Scheduler(store, {"ionq": backend}, config.backends, changes)
+    task = asyncio.create_task(scheduler.run())
+    app = create_app(Context(config, store, {"ionq": backend}, scheduler, changes))
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://q")
+    try:
+        yield Harness(store, scheduler, backend, client, db)
+    finally:
+        await client.aclose()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await backend.aclose()
+        await store.close()
+
+
+def files_contain(db: Path, text: str) -> bool:
+    """Whether the database file or its WAL holds ``text`` anywhere, in any page."""
+    return any(text.encode() in p.read_bytes()
+               for p in (db, Path(f"{db}-wal")) if p.exists())
+
+
+async def results_of(h: Harness, batch_id: str) -> dict:
+    r = await h.client.get(f"/v1/batches/{batch_id}/results")
+    assert r.status_code == 200, r.text
+    return r.json()["results"]
+
+
+async def test_every_label_gets_the_counts_the_provider_planted(fake, tmp_path, monkeypatch):
+    async with daemon(fake, tmp_path, monkeypatch) as h:
+        batch = await h.submit({"bell2": BELL2, "bell3": BELL3, "ghz": GHZ3})
+        done = await h.wait(batch["id"])
+        assert done["state"] == "completed"
+        results = await results_of(h, batch["id"])
+    for job in done["jobs"]:
+        (label,) = job["labels"]
+        width = 3 if label == "ghz" else 2
+        assert results[label]["counts"] == fake.expected_counts(job["remote_id"], width)
+        assert sum(results[label]["counts"].values()) == 200
+    # OpenQASM 2 went out converted to 3, one job per circuit, with the submission key
+    bodies = {j.metadata["qjobd_label"]: j for j in fake.jobs.values()}
+    assert set(bodies) == {"bell2", "bell3", "ghz"}
+    assert all(j.metadata["qjobd_key"].startswith("qjobd-") for j in bodies.values())
+    assert fake.duplicate_keys() == {}
+
+
+async def test_a_failed_job_reports_the_providers_code_and_message(fake, tmp_path, monkeypatch):
+    fake.configure(failure_rate=1.0, failure={"code": "CompilationError",
+                                              "message": "gate rzz is not supported"})
+    async with daemon(fake, tmp_path, monkeypatch) as h:
+        batch = await h.submit({"a": BELL3})
+        done = await h.wait(batch["id"])
+    assert done["state"] == "failed"
+    assert done["jobs"][0]["error"] == "CompilationError: gate rzz is not supported"
+    assert done["jobs"][0]["remote_status"] == "failed"
+
+
+async def test_an_unknown_status_is_kept_raw_and_the_job_still_completes(
+        fake, tmp_path, monkeypatch):
+    fake.configure(unknown_rate=1.0, unknown_status="calibrating", unknown_seconds=0.5)
+    async with daemon(fake, tmp_path, monkeypatch) as h:
+        batch = await h.submit({"a": BELL3})
+        done = await h.wait(batch["id"])
+        events = await h.store.events(batch_id=batch["id"])
+    assert done["state"] == "completed"
+    assert any(e.kind == "remote_status" and e.detail == {"remote_status": "calibrating"}
+               for e in events)
+
+
+async def test_server_errors_are_retried_until_every_job_completes(fake, tmp_path, monkeypatch):
+    fake.configure(error_rate=0.3)
+    async with daemon(fake, tmp_path, monkeypatch) as h:
+        batch = await h.submit({f"c{i}": BELL3 for i in range(10)})
+        done = await h.wait(batch["id"], limit=60)
+        assert h.scheduler.runners["ionq"].errors > 0
+    assert done["state"] == "completed", [j["error"] for j in done["jobs"]]
+    assert fake.duplicate_keys() == {}, "a retried create made a second job"
+
+
+async def test_no_request_arrives_during_a_retry_after_pause(fake, tmp_path, monkeypatch):
+    fake.configure(duration=(1.0, 1.5))
+    async with daemon(fake, tmp_path, monkeypatch) as h:
+        batch = await h.submit({"a": BELL3, "b": BELL3})
+
+        async def both_submitted() -> bool:
+            return all(j.remote_id for j in (await h.store.get_batch(batch["id"])).jobs)
+        await eventually(both_submitted)
+        fake.rate_limit(1, retry_after=0.6)
+        await eventually(lambda: fake.requests(status=429))
+        limited_at = fake.requests(status=429)[0][0]
+        done = await h.wait(batch["id"])
+    assert done["state"] == "completed"
+    after = [r[0] - limited_at for r in fake.requests() if r[0] > limited_at]
+    assert after and min(after) >= 0.6 - 0.02, f"a request came {min(after):.3f}s into a pause"
+
+
+async def test_the_request_budget_is_never_exceeded(fake, tmp_path, monkeypatch):
+    async with daemon(fake, tmp_path, monkeypatch, rps=25) as h:
+        batch = await h.submit({f"c{i}": BELL3 for i in range(40)})
+        done = await h.wait(batch["id"], limit=60)
+    assert done["state"] == "completed"
+    assert fake.requests_in_any_window(1.0) <= 26
+
+
+async def test_a_lost_create_answer_is_reconciled_without_a_second_job(
+        fake, tmp_path, monkeypatch):
+    fake.drop_create_response(1)
+    async with daemon(fake, tmp_path, monkeypatch) as h:
+        batch = await h.submit({"a": BELL3})
+        done = await h.wait(batch["id"])
+    assert done["state"] == "completed"
+    assert len(fake.jobs) == 1 and fake.duplicate_keys() == {}
+    assert done["jobs"][0]["remote_id"] == next(iter(fake.jobs))
+
+
+async def test_a_job_in_flight_at_a_crash_is_found_by_key_after_restart(
+        fake, tmp_path, monkeypatch):
+    fake.stall_create(1.0, n=1)  # the create happens, its answer is late: the "crash" window
+    db = tmp_path / "q.sqlite3"
+    async with daemon(fake, tmp_path, monkeypatch, db=db) as h:
+        batch = await h.submit({"a": BELL3})
+        await eventually(lambda: fake.jobs)
+        # the daemon dies here: intent stored, remote job created, its id never stored
+        assert (await h.store.get_batch(batch["id"])).jobs[0].state == "submitting"
+    async with daemon(fake, tmp_path, monkeypatch, db=db) as h:
+        done = await h.wait(batch["id"])
+    assert done["state"] == "completed"
+    assert len(fake.jobs) == 1 and fake.duplicate_keys() == {}
+
+
+async def test_cancel_reaches_the_provider_for_every_job(fake, tmp_path, monkeypatch):
+    fake.configure(duration=(30.0, 40.0))
+    async with daemon(fake, tmp_path, monkeypatch) as h:
+        batch = await h.submit({f"c{i}": BELL3 for i in range(5)})
+
+        async def all_remote() -> bool:
+            return all(j.remote_id for j in (await h.store.get_batch(batch["id"])).jobs)
+        await eventually(all_remote)
+        r = await h.client.post(f"/v1/batches/{batch['id']}/cancel")
+        assert r.status_code == 202
+        done = await h.wait(batch["id"])
+    assert done["state"] == "canceled"
+    assert all(fake.status(j["remote_id"]) == "canceled" for j in done["jobs"])
+    assert fake.requests(method="PUT"), "no cancel request reached the provider"
+
+
+async def test_a_batch_timeout_cancels_the_remote_jobs(fake, tmp_path, monkeypatch):
+    fake.configure(duration=(30.0, 40.0))
+    async with daemon(fake, tmp_path, monkeypatch) as h:
+        batch = await h.submit({"a": BELL3}, timeout=0.5)
+        done = await h.wait(batch["id"])
+    assert done["state"] == "timed_out"
+    assert fake.status(done["jobs"][0]["remote_id"]) == "canceled"
+
+
+async def test_the_api_key_never_reaches_logs_answers_or_the_database(
+        fake, tmp_path, monkeypatch, caplog):
+    fake.configure(failure_rate=1.0, error_rate=0.2)
+    caplog.set_level(logging.DEBUG)
+    async with daemon(fake, tmp_path, monkeypatch) as h:
+        batch = await h.submit({"a": BELL3, "b": BELL3})
+        done = await h.wait(batch["id"])
+        health = (await h.client.get("/v1/health")).text
+    assert KEY not in health and KEY not in str(done)
+    assert KEY not in caplog.text
+    assert not files_contain(h.db, KEY)
+
+
+async def test_a_thousand_jobs_complete_with_coalesced_polls(fake, tmp_path, monkeypatch):
+    fake.configure(duration=(0.5, 1.5))
+    async with daemon(fake, tmp_path, monkeypatch) as h:
+        batch = await h.submit({f"c{i:04}": BELL3 for i in range(1000)}, shots=50)
+        done = await h.wait(batch["id"], limit=120)
+        rows = count_rows(h.db)
+    assert done["state"] == "completed"
+    assert rows["results"] == 1000
+    creates = len(fake.requests(method="POST"))
+    polls = fake.requests(route="GET /jobs")
+    assert creates == 1000 and fake.duplicate_keys() == {}
+    ids_per_poll = sum(r[5] for r in polls) / len(polls)
+    assert ids_per_poll > 10, f"only {ids_per_poll:.1f} ids per status request"
