@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +55,9 @@ class Capabilities:
     lookup_by_key: bool = False
     #: remote jobs outlive the daemon's process (False for an in-process simulator)
     durable: bool = True
+    #: a create whose answer was lost leaves nothing that will ever run (e.g. a job that
+    #: runs only once its upload is finalized), so resubmitting cannot duplicate work
+    lost_create_is_inert: bool = False
     #: OpenQASM major versions the provider accepts on the wire (others are converted)
     qasm_versions: frozenset[int] = frozenset({2, 3})
     default_shots: int = 1000
@@ -126,10 +129,15 @@ class Backend(abc.ABC):
         """Release resources. Remote jobs are left running."""
 
     @abc.abstractmethod
-    async def submit(self, request: SubmitRequest) -> str:
+    async def submit(self, request: SubmitRequest, *,
+                     created: Callable[[str], Awaitable[None]] | None = None) -> str:
         """Create one remote job and return its remote id.
 
-        Never retried by the backend itself: a retry could create a second job.
+        Never retried by the backend itself: a retry could create a second job. A backend
+        that creates a job in several requests (create, then upload) awaits
+        ``created(remote_id)`` as soon as the id exists and before the next request: the
+        daemon stores the id, so a crash mid-upload can be settled with
+        :meth:`resume_interrupted` instead of leaving an orphan.
         """
 
     @abc.abstractmethod
@@ -146,6 +154,15 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def cancel(self, remote_ids: Sequence[str]) -> None:
         """Cancel these jobs. Idempotent: a job already terminal is not an error."""
+
+    async def resume_interrupted(self, remote_id: str, request: SubmitRequest) -> str | None:
+        """Settle a job whose creation was interrupted after ``created(remote_id)``.
+
+        Return the id of a job that will run (the same one, its upload finished), or None
+        after making sure the partial job never runs (e.g. canceled): the daemon then
+        submits again. The default trusts a job that has an id.
+        """
+        return remote_id
 
     async def lookup(self, submission_key: str, *, created_after: float | None = None
                      ) -> str | None:

@@ -12,7 +12,7 @@ job whose create answer was lost in a crash can be found again instead of create
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -131,7 +131,8 @@ class IonQBackend(Backend):
 
     # -- the protocol ----------------------------------------------------------------
 
-    async def submit(self, request: SubmitRequest) -> str:
+    async def submit(self, request: SubmitRequest, *,
+                     created: Callable[[str], Awaitable[None]] | None = None) -> str:
         if len(request.circuits) != 1:
             raise Rejected(f"an IonQ job takes one circuit, got {len(request.circuits)}")
         circuit = request.circuits[0]

@@ -27,7 +27,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -187,7 +187,8 @@ class LocalBackend(Backend):
 
     # -- the protocol ------------------------------------------------------------------
 
-    async def submit(self, request: SubmitRequest) -> str:
+    async def submit(self, request: SubmitRequest, *,
+                     created: Callable[[str], Awaitable[None]] | None = None) -> str:
         self._check_usable()
         if isinstance(request.shots, bool) or not isinstance(request.shots, int):
             raise Rejected(f"shots must be an integer, not {request.shots!r}")

@@ -223,23 +223,21 @@ class BackendRunner:
                     self._retry_later(tracked)
 
     async def _submit(self, tracked: Tracked) -> None:
-        batch = await self._batch(tracked.batch_id)
-        job = await self.store.get_job(tracked.job_id)
-        records = await self.store.circuits(tracked.job_id)
         try:
-            # parsing and converting is CPU work (about 1 ms per OpenQASM 3 circuit)
-            circuits = await anyio.to_thread.run_sync(
-                lambda: [self._wire_circuit(r.label, r.source) for r in records])
+            request = await self._build_request(tracked)
         except qasm.QasmError as exc:
             await self._move(tracked, JobState.FAILED, error=str(exc))
             return
         # the intent is stored before the request: a crash from here on is reconciled
         await self._move(tracked, JobState.SUBMITTING)
-        request = SubmitRequest(submission_key=job.submission_key, circuits=circuits,
-                                shots=batch.shots, name=batch.name or None,
-                                options=batch.options)
+
+        async def created(remote_id: str) -> None:
+            # a multi-request create: keep the id before the upload, to settle a crash
+            await self.store.record_remote_id(tracked.job_id, remote_id)
+            tracked.remote_id = remote_id
+
         try:
-            remote_id = await self._request(self.backend.submit, request)
+            remote_id = await self._request(self.backend.submit, request, created=created)
         except Rejected as exc:
             await self._move(tracked, JobState.FAILED, error=f"rejected by {self.name}: {exc}")
             return
@@ -260,6 +258,16 @@ class BackendRunner:
         self._log.info("submitted", remote_id=remote_id)
         await self._submitted(tracked, remote_id)
 
+    async def _build_request(self, tracked: Tracked) -> SubmitRequest:
+        batch = await self._batch(tracked.batch_id)
+        job = await self.store.get_job(tracked.job_id)
+        records = await self.store.circuits(tracked.job_id)
+        # parsing and converting is CPU work (about 1 ms per OpenQASM 3 circuit)
+        circuits = await anyio.to_thread.run_sync(
+            lambda: [self._wire_circuit(r.label, r.source) for r in records])
+        return SubmitRequest(submission_key=job.submission_key, circuits=circuits,
+                             shots=batch.shots, name=batch.name or None, options=batch.options)
+
     def _wire_circuit(self, label: str, source: str) -> Circuit:
         parsed = qasm.parse_circuit(label, source)
         versions = self.backend.capabilities.qasm_versions
@@ -268,48 +276,80 @@ class BackendRunner:
         return Circuit(label=label, source=wire, qasm_version=version,
                        num_clbits=parsed.num_clbits)
 
-    async def _submitted(self, tracked: Tracked, remote_id: str) -> None:
+    async def _submitted(self, tracked: Tracked, remote_id: str, *, found: bool = False) -> None:
         interval = self.backoff.first()
+        detail = {"reason": "interrupted submission settled: the job exists remotely"} \
+            if found else None
         await self._move(tracked, JobState.SUBMITTED, remote_id=remote_id,
-                         poll_interval=interval, next_poll_at=_wall(interval))
+                         poll_interval=interval, next_poll_at=_wall(interval), detail=detail)
         tracked.interval = interval
         self._push(asyncio.get_running_loop().time() + interval, tracked.job_id)
 
     async def _recover(self, tracked: Tracked) -> None:
-        """Settle a job whose submission or remote job may have been lost with a crash."""
+        """Settle a job whose submission or remote job may have been lost with a crash.
+
+        Whatever path it takes, the event log says which: found remotely, upload resumed,
+        partial job canceled and submitted again, or proven absent and submitted again.
+        """
         with structlog.contextvars.bound_contextvars(
                 job_id=tracked.job_id, batch_id=tracked.batch_id, backend=self.name):
             caps = self.backend.capabilities
             if not caps.durable:
                 # the simulator's work died with the old process: nothing exists remotely
-                await self._move(tracked, JobState.QUEUED, detail={
-                    "reason": f"{self.name} jobs do not survive a restart; running it again"})
-                self._submit_queue.put_nowait(tracked.job_id)
-                return
-            if not caps.lookup_by_key:
-                await self._move(tracked, JobState.FAILED, error=(
-                    "the submission was interrupted and this backend cannot tell whether the "
-                    "job was created; not resubmitting to avoid a duplicate"))
+                await self._requeue(tracked, f"{self.name} jobs do not survive a restart; "
+                                             "running it again")
                 return
             job = await self.store.get_job(tracked.job_id)
-            while True:
-                try:
-                    remote_id = await self._request(
-                        self.backend.lookup, job.submission_key,
-                        # the intent was stored after the job row: nothing older can match
-                        created_after=job.created_at - LOOKUP_CLOCK_SKEW)
-                    break
-                except Unavailable as exc:
-                    self._log.warning("lookup failed; retrying", error=str(exc))
-                    await asyncio.sleep(self.backoff.next(tracked.interval))
-            if remote_id is None:
-                await self._move(tracked, JobState.QUEUED, detail={
-                    "reason": "interrupted submission: the provider has no such job; "
-                              "submitting again"})
-                self._submit_queue.put_nowait(tracked.job_id)
-            else:
-                self._log.info("interrupted submission found remotely", remote_id=remote_id)
-                await self._submitted(tracked, remote_id)
+            if job.remote_id is not None and job.state == JobState.SUBMITTING:
+                await self._resume_upload(tracked, job.remote_id)
+                return
+            if caps.lookup_by_key:
+                remote_id = await self._keep_trying(
+                    "lookup", self.backend.lookup, job.submission_key,
+                    # the intent was stored after the job row: nothing older can match
+                    created_after=job.created_at - LOOKUP_CLOCK_SKEW)
+                if remote_id is None:
+                    await self._requeue(tracked, "interrupted submission: the provider has "
+                                                 "no such job; submitting again")
+                else:
+                    self._log.info("interrupted submission found remotely",
+                                   remote_id=remote_id)
+                    await self._submitted(tracked, remote_id, found=True)
+                return
+            if caps.lost_create_is_inert:
+                await self._requeue(tracked, "interrupted submission: whatever the lost "
+                                             "create left can never run; submitting again")
+                return
+            await self._move(tracked, JobState.FAILED, error=(
+                "the submission was interrupted and this backend cannot tell whether the "
+                "job was created; not resubmitting to avoid a duplicate"))
+
+    async def _resume_upload(self, tracked: Tracked, partial_id: str) -> None:
+        request = await self._build_request(tracked)
+        remote_id = await self._keep_trying("resume", self.backend.resume_interrupted,
+                                            partial_id, request)
+        if remote_id is None:
+            await self._requeue(tracked, f"interrupted upload: partial job {partial_id} "
+                                         "was canceled; submitting again")
+        else:
+            self._log.info("interrupted upload settled", remote_id=remote_id)
+            await self._submitted(tracked, remote_id, found=True)
+
+    async def _keep_trying(self, what: str, fn: Callable[..., Awaitable[R]], *args: Any,
+                           **kw: Any) -> R:
+        """Retry a settling request through outages: until it answers, nothing is safe."""
+        interval: float | None = None
+        while True:
+            try:
+                return await self._request(fn, *args, **kw)
+            except Unavailable as exc:
+                interval = self.backoff.next(interval)
+                self._log.warning(f"{what} failed; retrying", error=str(exc), seconds=interval)
+                await asyncio.sleep(interval)
+
+    async def _requeue(self, tracked: Tracked, reason: str) -> None:
+        await self._move(tracked, JobState.QUEUED, detail={"reason": reason})
+        self._submit_queue.put_nowait(tracked.job_id)
 
     # -- polling ---------------------------------------------------------------------
 

@@ -252,6 +252,24 @@ class Store:
 
         await self.write(op)
 
+    async def record_remote_id(self, job_id: str, remote_id: str) -> None:
+        """Keep the id of a job still being created (a multi-request submission)."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            row = conn.execute(
+                "UPDATE jobs SET remote_id = ?, updated_at = ? WHERE id = ? AND state = ? "
+                "RETURNING batch_id", (remote_id, now, job_id, JobState.SUBMITTING)).fetchone()
+            if row is None:
+                current = conn.execute("SELECT state FROM jobs WHERE id = ?",
+                                       (job_id,)).fetchone()
+                raise IllegalTransition(job_id, None if current is None else current[0],
+                                        JobState.SUBMITTING)
+            _event(conn, now, str(row[0]), job_id, "remote_created", None,
+                   {"remote_id": remote_id})
+
+        await self.write(op)
+
     async def request_cancel(self, batch_id: str) -> bool:
         """Mark a batch for cancellation; False if it was marked already."""
 

@@ -8,7 +8,7 @@ test plants others.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +54,10 @@ class ScriptedBackend(Backend):
         #: (loop time, operation) of every request that reached the "provider"
         self.calls: list[tuple[float, str]] = []
         self.submits = 0
+        #: two-phase creates: set to an Event to hold the upload after ``created``
+        self.upload_gate: Any = None
+        #: what resume_interrupted does: "cancel" the partial job, or "resume" it
+        self.on_interrupted = "cancel"
 
     def _arrive(self, op: str) -> None:
         import asyncio
@@ -63,7 +67,8 @@ class ScriptedBackend(Backend):
             retry_after, self.rate_limit_next = self.rate_limit_next, None
             raise RateLimited("429 from the fake", retry_after=retry_after)
 
-    async def submit(self, request: SubmitRequest) -> str:
+    async def submit(self, request: SubmitRequest, *,
+                     created: Callable[[str], Awaitable[None]] | None = None) -> str:
         self._arrive("submit")
         self.submits += 1
         if request.options.get("reject"):
@@ -71,7 +76,23 @@ class ScriptedBackend(Backend):
         remote_id = f"r{next(self._ids)}"
         self.jobs[remote_id] = FakeJob(request, hold=self.hold_all)
         self.by_key[request.submission_key] = remote_id
+        if self.upload_gate is not None:  # two-phase: created, then an upload that waits
+            assert created is not None
+            self.jobs[remote_id].hold = True
+            await created(remote_id)
+            await self.upload_gate.wait()
+            self.jobs[remote_id].hold = self.hold_all
         return remote_id
+
+    async def resume_interrupted(self, remote_id: str, request: SubmitRequest) -> str | None:
+        self._arrive("resume")
+        job = self.jobs.get(remote_id)
+        if self.on_interrupted == "resume" and job is not None:
+            job.hold = self.hold_all
+            return remote_id
+        if job is not None:
+            job.state, job.raw = RemoteState.CANCELED, "canceled"
+        return None
 
     async def status(self, remote_ids: Sequence[str]) -> dict[str, RemoteStatus]:
         self._arrive("status")

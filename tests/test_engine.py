@@ -227,9 +227,9 @@ async def test_a_cancel_during_the_create_request_cancels_the_remote_job(store: 
     gate = asyncio.Event()
     real_submit = backend.submit
 
-    async def slow_submit(request):
+    async def slow_submit(request, **kw):
         await gate.wait()
-        return await real_submit(request)
+        return await real_submit(request, **kw)
 
     backend.submit = slow_submit  # type: ignore[method-assign]
     async with running(store, backend) as scheduler:
@@ -243,3 +243,45 @@ async def test_a_cancel_during_the_create_request_cancels_the_remote_job(store: 
         gate.set()
         await batch_is(store, batch.id, JobState.CANCELED)
     assert [j.state for j in backend.jobs.values()] == [RemoteState.CANCELED]
+
+
+@pytest.mark.parametrize("settle", ["cancel", "resume"])
+async def test_an_upload_interrupted_by_a_crash_is_settled_once_without_a_duplicate(
+        store: Store, settle: str) -> None:
+    first = ScriptedBackend("fake", {})
+    first.upload_gate = asyncio.Event()  # never set: the daemon "dies" mid-upload
+    async with running(store, first) as scheduler:
+        batch = await new_batch(store)
+        scheduler.accepted(batch)
+
+        async def created() -> bool:
+            job = (await store.get_batch(batch.id)).jobs[0]
+            return job.state == JobState.SUBMITTING and job.remote_id is not None
+        await eventually(created)
+    partial = (await store.get_batch(batch.id)).jobs[0].remote_id
+    second = ScriptedBackend("fake", {})
+    second.share_remote(first)
+    second.on_interrupted = settle
+    async with running(store, second):
+        await batch_is(store, batch.id, JobState.COMPLETED)
+    job = (await store.get_batch(batch.id)).jobs[0]
+    reasons = [str(e.detail) for e in await store.events(batch_id=batch.id)]
+    if settle == "resume":
+        assert job.remote_id == partial and second.submits == 0
+        assert any("settled" in r for r in reasons)
+    else:
+        assert job.remote_id != partial and second.submits == 1
+        assert first.jobs[partial].state == RemoteState.CANCELED
+        assert any(f"partial job {partial} was canceled" in r for r in reasons)
+
+
+async def test_a_lost_create_on_an_inert_backend_is_submitted_again(store: Store) -> None:
+    batch = await new_batch(store)
+    await store.transition(batch.jobs[0].id, JobState.SUBMITTING)
+    backend = ScriptedBackend("fake", {})
+    backend.capabilities = Capabilities(lookup_by_key=False, lost_create_is_inert=True,
+                                        default_shots=100)
+    async with running(store, backend):
+        await batch_is(store, batch.id, JobState.COMPLETED)
+    assert backend.submits == 1
+    assert any("can never run" in str(e.detail) for e in await store.events(batch_id=batch.id))
