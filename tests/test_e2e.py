@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.conftest import EXAMPLES, short_tmpdir
-
-BIN = Path(sys.executable).parent
-TERMINAL = {"completed", "failed", "canceled", "timed_out"}
+from tests.daemon_proc import BIN, TERMINAL, wait_until
+from tests.daemon_proc import DaemonProcess as Daemon
 
 # slow enough to still be running when the daemon is killed: ~1 s of statevector work each
 SLOW = """OPENQASM 2.0;
@@ -31,80 +25,21 @@ creg c[18];
     "".join(f"h q[{i}];\n" for i in range(18)) + "measure q -> c;\n"
 
 
-class Daemon:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.socket = root / "qjobd.sock"
-        self.database = root / "state" / "qjobd.sqlite3"
-        self.config = root / "qjobd.toml"
-        self.config.write_text(
-            '[backends.local]\ntype = "local"\nworkers = 2\n'
-            '[backends.local.polling]\ninitial_interval = 0.05\nmax_interval = 0.5\n')
-        self.env = {**os.environ, "QJOBD_CONFIG": str(self.config),
-                    "QJOBD_SOCKET": str(self.socket), "QJOBD_DATABASE": str(self.database)}
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = root / "qjobd.log"
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen([str(BIN / "qjobd"), "serve"], env=self.env,
-                                         stdout=log, stderr=log)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"qjobd exited: {self.log.read_text()}"
-            if self.accepts():
-                with self.http() as c:
-                    assert c.get("/v1/health").status_code == 200
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"qjobd did not become ready: {self.log.read_text()}")
-
-    def accepts(self) -> bool:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            try:
-                probe.connect(str(self.socket))
-            except OSError:
-                return False
-            return True
-
-    def http(self) -> httpx.Client:
-        return httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket)),
-                            base_url="http://localhost", timeout=30)
-
-    def ctl(self, *args: str, stdin: str | None = None, timeout: float = 120
-            ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(BIN / "qjobctl"), "--socket", str(self.socket), *args],
-                              env=self.env, input=stdin, capture_output=True, text=True,
-                              timeout=timeout)
-
-    def signal(self, sig: int) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        return self.proc.wait(timeout=30)
+LOCAL_CONFIG = ('[backends.local]\ntype = "local"\nworkers = 2\n'
+                '[backends.local.polling]\ninitial_interval = 0.05\nmax_interval = 0.5\n')
 
 
 @pytest.fixture
 def qjobd() -> Iterator[Daemon]:
-    d = Daemon(short_tmpdir())
+    d = Daemon(short_tmpdir(), LOCAL_CONFIG)
     d.start()
     yield d
-    if d.proc is not None and d.proc.poll() is None:
-        d.proc.kill()
-        d.proc.wait()
+    d.stop()
 
 
 def batch_state(d: Daemon, batch_id: str) -> dict:
     with d.http() as c:
         return c.get(f"/v1/batches/{batch_id}").json()
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_submit_wait_prints_results_with_the_right_counts(qjobd: Daemon) -> None:
