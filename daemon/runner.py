@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
@@ -122,6 +123,7 @@ class BackendRunner:
         now = loop.time()
         wall = _wall_offset(loop)
         durable = self.backend.capabilities.durable
+        overdue: list[str] = []
         for job in jobs:
             tracked = Tracked(job.id, job.batch_id, job.state, job.remote_id,
                               job.poll_interval, job.remote_status)
@@ -132,9 +134,27 @@ class BackendRunner:
                 self._spawn(self._recover(tracked))
             else:
                 due = (job.next_poll_at - wall) if job.next_poll_at else now
-                self._push(max(due, now), job.id)
+                if due <= now:
+                    overdue.append(job.id)
+                else:
+                    self._push(due, job.id)
+        # polls that fell due while the daemon was down are spread over the time the
+        # budget needs for them, not fired at once (the budget would hold a burst back
+        # anyway, but a spread keeps the order fair and the first seconds responsive)
+        window = self._spread_window(len(overdue))
+        for job_id in overdue:
+            self._push(now + random.uniform(0, window), job_id)
         if self._jobs:
             self._log.info("resumed jobs", jobs=len(self._jobs))
+
+    def _spread_window(self, n: int) -> float:
+        """Seconds over which ``n`` overdue polls are spread at resume."""
+        caps = self.backend.capabilities
+        per_request = caps.max_status_batch if caps.batch_status else 1
+        rate = self.config.requests_per_second
+        needed = n / per_request / rate if rate > 0 else 0.0
+        return min(max(needed, self.config.polling.initial_interval),
+                   self.config.polling.max_interval)
 
     def enqueue(self, jobs: Iterable[Job]) -> None:
         """Accept newly stored (queued) jobs."""

@@ -440,6 +440,8 @@ class FakeIonQ:
         self.creates_by_key: Counter[str] = Counter()
         self.dropped_creates: list[str] = []
         self.stalled_creates: list[str] = []
+        #: how often each job id was asked for in a batch status query (?ids=...)
+        self.polls_by_id: Counter[str] = Counter()
         self._injections: list[_Injection] = []
         self._tokens = 0.0
         self._tokens_at = time.monotonic()
@@ -947,6 +949,21 @@ class FakeIonQ:
         await _json(send, rid, 201, {"id": job.id, "status": "submitted",
                                      "session_id": job.session_id})
 
+    def polled_ids(self) -> set[str]:
+        """Every job id asked for so far in a batch status query."""
+        with self._lock:
+            return set(self.polls_by_id)
+
+    def plant(self, n: int, source: str, *, shots: int = 100, backend: str = "simulator",
+              metadata: Mapping[str, str] | None = None) -> list[str]:
+        """Create ``n`` jobs as if submitted now, without HTTP (for restart-at-scale tests)."""
+        spec = {"type": QASM3_TYPE, "backend": backend, "name": None,
+                "metadata": dict(metadata or {}), "shots": shots, "noise": None,
+                "session_id": None, "settings": None, "dry_run": False, "data": source}
+        with self._lock:
+            now = time.time()
+            return [self._new_job(spec, now).id for _ in range(n)]
+
     def _new_job(self, spec: dict[str, Any], now: float) -> FakeJob:
         k, rng = self.knobs, self._rng
         seq = len(self._order)
@@ -1050,6 +1067,9 @@ class FakeIonQ:
             limit = int(raw)
         if has_ids and not k.ids_respect_limit:
             limit = len(ids) + 1
+        if ids:
+            with self._lock:
+                self.polls_by_id.update(ids)
         status = single.get("status")
         if status is not None and status not in JOB_STATUSES:
             raise _HTTPError(400, f'"status" must be one of [{", ".join(JOB_STATUSES)}]',

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import time
 from collections.abc import Iterator
 
@@ -103,3 +104,36 @@ def test_kill_9_at_any_instant_loses_nothing_and_duplicates_nothing(fake) -> Non
             planted = remote[job["remote_id"]]["expected_counts"]
             assert results[batch_id][label]["counts"] == planted
     assert stats["creates"] == sum(acked.values()), "every circuit ran exactly once"
+
+
+def test_sigterm_during_heavy_polling_stops_fast_and_the_next_start_resumes(fake) -> None:
+    fake.set_knobs(duration=[2.0, 4.0])
+    d = DaemonProcess(short_tmpdir(), config(fake.base_url), {"IONQ_API_KEY": KEY})
+    acked: dict[str, int] = {}
+    try:
+        d.start()
+        with d.http() as c:
+            for _ in range(3):
+                r = c.post("/v1/batches", json={"backend": "ionq", "shots": 10, "circuits": {
+                    f"c{i}": BELL3 for i in range(100)}})
+                assert r.status_code == 201
+                acked[r.json()["id"]] = 100
+        wait_until(lambda: fake.stats()["by_route"].get("GET /jobs", 0) >= 10, 30,
+                   "polling under way")
+        started = time.monotonic()
+        assert d.signal(signal.SIGTERM) == 0
+        took = time.monotonic() - started
+        assert took < 5, f"SIGTERM took {took:.2f} s"
+        assert not d.socket.exists()
+
+        d.start()
+        with d.http() as c:
+            wait_until(lambda: all(c.get(f"/v1/batches/{b}").json()["state"] in TERMINAL
+                                   for b in acked), 60, "the resumed batches to finish")
+            states = {c.get(f"/v1/batches/{b}").json()["state"] for b in acked}
+    finally:
+        d.stop()
+    print(f"SIGTERM with 300 jobs in flight took {took:.2f} s")
+    assert states == {"completed"}
+    stats = fake.stats()
+    assert stats["duplicate_keys"] == {} and stats["creates"] == 300

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from daemon.api import Context, create_app
 from daemon.config import parse_config
 from daemon.notify import BatchChanges
 from daemon.scheduler import Scheduler
+from store.models import CircuitRecord, NewBatch
+from store.states import JobState
 from store.store import Store
 from tests.conftest import BELL2, BELL3, count_rows, eventually
 from tests.fake_ionq import FakeIonQ
@@ -255,3 +258,31 @@ async def test_a_thousand_jobs_complete_with_coalesced_polls(fake, tmp_path, mon
     assert creates == 1000 and fake.duplicate_keys() == {}
     ids_per_poll = sum(r[5] for r in polls) / len(polls)
     assert ids_per_poll > 10, f"only {ids_per_poll:.1f} ids per status request"
+
+
+async def test_a_restart_with_5000_jobs_in_flight_never_exceeds_the_budget(
+        fake, tmp_path, monkeypatch):
+    fake.configure(duration=(120.0, 180.0))  # all still running while we watch
+    remote_ids = fake.plant(5000, BELL3)
+    db = tmp_path / "q.sqlite3"
+    store = await Store.open(db)
+    circuits = [CircuitRecord(f"c{i}", BELL3, 3, 2, 2) for i in range(5000)]
+    batch, _ = await store.create_batch(NewBatch(
+        owner_uid=0, backend="ionq", shots=100, circuits=circuits,
+        groups=[[c.label] for c in circuits]))
+    overdue = time.time() - 60  # the daemon was down for a minute: every poll is late
+    await asyncio.gather(*(store.transition(j.id, JobState.SUBMITTING) for j in batch.jobs))
+    await asyncio.gather(*(store.transition(j.id, JobState.SUBMITTED, remote_id=rid,
+                                            poll_interval=30.0, next_poll_at=overdue)
+                           for j, rid in zip(batch.jobs, remote_ids, strict=True)))
+    await store.close()
+
+    async with daemon(fake, tmp_path, monkeypatch, rps=50, db=db):
+        polled: set[str] = set()
+
+        def all_polled() -> bool:
+            polled.update(fake.polled_ids())
+            return len(polled) >= 5000
+        await eventually(all_polled, limit=60)
+    assert fake.requests_in_any_window(1.0) <= 51
+    assert not fake.requests(method="POST"), "a resumed job was submitted again"
