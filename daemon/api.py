@@ -74,8 +74,11 @@ def create_app(ctx: Context) -> Starlette:
         Route("/v1/events", api.events, methods=["GET"]),
         Route("/v1/health", api.health, methods=["GET"]),
     ]
+    # store errors get their own handler: the catch-all for Exception answers, then
+    # re-raises (Starlette's ServerErrorMiddleware), which would log a 507 as a crash
     return Starlette(routes=routes, exception_handlers={
-        ApiError: _api_error, HTTPException: _http_error, Exception: _internal_error})
+        ApiError: _api_error, HTTPException: _http_error, StoreUnavailable: _store_error,
+        Exception: _internal_error})
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -90,11 +93,15 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, code, message)
 
 
-async def _internal_error(request: Request, exc: Exception) -> Response:
+async def _store_error(request: Request, exc: Exception) -> Response:
+    log.warning("store unavailable", path=request.url.path, error=str(exc))
     if isinstance(exc, DiskFull):
-        return error_response(507, "disk_full", f"the store cannot take writes: {exc}")
-    if isinstance(exc, StoreUnavailable):
-        return error_response(503, "store_unavailable", f"the store is unavailable: {exc}")
+        return error_response(507, "disk_full", f"the store cannot take writes: {exc}. "
+                              "Free space on its disk; qjobd recovers by itself.")
+    return error_response(503, "store_unavailable", f"the store is unavailable: {exc}")
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
     log.exception("internal error", path=request.url.path)
     return error_response(500, "internal", "internal error; see the daemon's log")
 
