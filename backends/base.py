@@ -116,6 +116,10 @@ class Backend(abc.ABC):
     """
 
     capabilities: Capabilities = Capabilities()
+    #: set by the daemon: awaited before each request after the first of one call (an
+    #: upload in fragments, paged results, a cancel after a status), so that such a call
+    #: draws from the backend's request budget per request, as a one-request call does
+    pace: Callable[[], Awaitable[None]] | None = None
 
     def __init__(self, name: str, config: Mapping[str, Any]) -> None:
         #: the name the backend is configured under (``[backends.<name>]``)

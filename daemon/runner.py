@@ -81,6 +81,8 @@ class BackendRunner:
         self.config = config
         self.store = store
         self.budget = RequestBudget(config.requests_per_second)
+        # a call that sends several requests draws from the budget for each after the first
+        backend.pace = self._pace
         self.backoff = Backoff(config.polling)
         self._on_batch_change = on_batch_change
         self._log = log.bind(backend=self.name)
@@ -530,6 +532,11 @@ class BackendRunner:
             self._log.warning("could not store poll schedule", error=str(exc), jobs=len(rows))
 
     # -- plumbing --------------------------------------------------------------------
+
+    async def _pace(self) -> None:
+        """A backend's request after the first of one call: budgeted and counted too."""
+        await self.budget.acquire()
+        self.requests += 1
 
     async def _request(self, fn: Callable[..., Awaitable[R]], *args: Any, **kw: Any) -> R:
         await self.budget.acquire()
