@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint clean
+.PHONY: run test lint clean install
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,25 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
+## install: install qjobd as a hardened systemd service (as root): its own virtual
+## environment in /opt/qjobd, the units, sysusers, /etc/qjobd; see README "Run as a service".
+## Variables: PREFIX, SYSCONFDIR, UNITDIR, BINDIR, DESTDIR (see systemd/install.sh).
+install:
+	PYTHON=$(PYTHON) sh systemd/install.sh
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+## bench: qjobd against IonQ's own polling helper on the fake IonQ at N = 1,000 and 10,000
+## (about 12 minutes on 2 cores); prints the figures and rewrites docs/benchmarks.md's table
+.PHONY: bench
+BENCH_ARGS ?= --n 1000,10000 --scale 20 --side-timeout 300
+bench: $(VENV)/.bench-installed
+	$(BIN)/python -m bench.ionq_bench $(BENCH_ARGS) --doc docs/benchmarks.md
+
+$(VENV)/.bench-installed: pyproject.toml $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	touch $@

@@ -3,11 +3,16 @@
 JSON lines when stderr is not a terminal (journald, files), a readable console format
 when it is. Context bound with ``structlog.contextvars`` (job_id, batch_id, backend)
 reaches every line, httpx's own included. Known secret values are masked on the way out.
+
+Under journald (stderr is the stream named by ``$JOURNAL_STREAM``) each line starts with
+its syslog priority, ``<3>`` for an error, which journald strips and stores as the
+entry's PRIORITY: ``journalctl -p err -u qjobd`` then shows only errors.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from collections.abc import Iterable, Mapping, MutableMapping
@@ -57,9 +62,57 @@ def _redact_processor(_: Any, __: str, event: MutableMapping[str, Any]) -> Mutab
     return event
 
 
-def configure(level: str = "info", *, json_output: bool | None = None) -> None:
+#: syslog priorities (sd-daemon(3)'s SD_ERR etc.) by logging level
+_PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4),
+               (logging.INFO, 6))
+
+
+def syslog_priority(levelno: int) -> int:
+    for threshold, priority in _PRIORITIES:
+        if levelno >= threshold:
+            return priority
+    return 7  # debug
+
+
+def is_journal_stream(stream: Any) -> bool:
+    """Whether ``stream`` is connected to journald (systemd.exec(5), $JOURNAL_STREAM)."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    dev, _, ino = value.partition(":")
+    if not (dev.isdigit() and ino.isdigit()):
+        return False
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return st.st_dev == int(dev) and st.st_ino == int(ino)
+
+
+class _JournalFormatter(logging.Formatter):
+    """Prefixes each record with ``<N>``, its syslog priority, for journald."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = self.inner.format(record)
+        # journald reads a prefix per line: a multi-line record keeps its priority on each
+        prefix = f"<{syslog_priority(record.levelno)}>"
+        return "\n".join(prefix + line for line in text.split("\n"))
+
+
+def set_level(level: str) -> None:
+    """Change the level of the running pipeline (a SIGHUP reload)."""
+    logging.getLogger().setLevel(level.upper())
+
+
+def configure(level: str = "info", *, json_output: bool | None = None,
+              journal: bool | None = None) -> None:
+    """Set up logging to stderr; ``journal`` (auto-detected) adds priority prefixes."""
     if json_output is None:
         json_output = not sys.stderr.isatty()
+    if journal is None:
+        journal = is_journal_stream(sys.stderr)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -89,7 +142,7 @@ def configure(level: str = "info", *, json_output: bool | None = None) -> None:
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderer],
     )
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(formatter)
+    handler.setFormatter(_JournalFormatter(formatter) if journal else formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

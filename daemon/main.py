@@ -1,6 +1,8 @@
 """``qjobd``: the daemon's command line.
 
-    qjobd serve [--config PATH]          run in the foreground (systemd-friendly)
+    qjobd serve [--config PATH]          run in the foreground (systemd-friendly:
+                                         Type=notify, watchdog, socket activation;
+                                         SIGHUP reloads the configuration)
     qjobd check-config [--config PATH]   validate and print the effective configuration
 """
 
@@ -16,6 +18,7 @@ from daemon import logs
 from daemon.api import VERSION
 from daemon.config import Config, ConfigError, load_config
 from daemon.server import SocketInUse
+from daemon.systemd import ActivationError
 from store.errors import StoreError
 
 
@@ -42,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     from daemon import service  # after logging is configured
 
     try:
-        asyncio.run(service.run(config))
-    except (StoreError, SocketInUse) as exc:
+        asyncio.run(service.run(config, config_path=args.config))
+    except (StoreError, SocketInUse, ActivationError, service.CoreTaskFailed) as exc:
         print(f"qjobd: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 import structlog
 
 from backends.base import Backend
+from daemon.backoff import Backoff
 from daemon.config import BackendConfig
 from daemon.notify import BatchChanges
 from daemon.runner import BackendRunner
@@ -58,6 +59,40 @@ class Scheduler:
 
     def in_flight(self) -> int:
         return sum(r.in_flight for r in self.runners.values())
+
+    async def reload(self, configs: Mapping[str, BackendConfig]) -> list[str]:
+        """Apply new backend settings to the running engines (SIGHUP); no job stops.
+
+        Each backend re-reads its own settings (its API key), then its request budget and
+        polling schedule change in place: requests waiting on the old budget are woken,
+        and each job's next interval follows the new schedule. Returns what was not
+        applied: backends added, removed or given another type (a restart does those),
+        and backends that refused their new settings (they keep their old ones).
+        """
+        problems: list[str] = []
+        for name, runner in self.runners.items():
+            new = configs.get(name)
+            if new is None:
+                problems.append(f"backend {name!r} is no longer configured; it keeps "
+                                "running until the next restart")
+                continue
+            if new.type != runner.config.type:
+                problems.append(f"backend {name!r} changed type; that needs a restart")
+                continue
+            try:
+                # always: a key can change in its credential file with the config unchanged
+                await runner.backend.reconfigure(new.options)
+            except Exception as exc:  # a plug-in's bad reload must not stop the daemon
+                problems.append(f"backend {name!r} kept its settings: {exc}")
+                continue
+            if new.requests_per_second != runner.config.requests_per_second:
+                runner.budget.set_rate(new.requests_per_second)
+            if new.polling != runner.config.polling:
+                runner.backoff = Backoff(new.polling)
+            runner.config = new
+        problems += [f"backend {name!r} is new; it starts with the next restart"
+                     for name in configs if name not in self.runners]
+        return problems
 
     # -- internals -------------------------------------------------------------------
 

@@ -1,16 +1,26 @@
 """The daemon's life: open the store, start backends, serve the socket, stop cleanly.
 
 SIGTERM and SIGINT stop it: no new connections, in-flight requests finish, store
-writes finish, remote jobs are left running for the next start to resume.
+writes finish, remote jobs are left running for the next start to resume. SIGHUP
+re-reads the configuration and applies backend budgets, polling and keys in place.
+
+Under systemd (``Type=notify``) it says ``READY=1`` once the store is open and the
+socket accepts, keeps ``STATUS=`` current, pings the watchdog while it makes progress
+(daemon/watchdog.py), brackets a reload with ``RELOADING=1``/``READY=1``, and says
+``STOPPING=1`` on SIGTERM. A socket passed by systemd (qjobd.socket) is served as it
+is: its owner, group and mode are the socket unit's, and it is not removed on exit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import os
 import signal
+import socket
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -20,13 +30,21 @@ from backends.base import Backend
 from backends.registry import create_backend
 from daemon import logs, systemd
 from daemon.api import Context, create_app
-from daemon.config import Config
+from daemon.config import Config, ConfigError, load_config
 from daemon.notify import BatchChanges
 from daemon.scheduler import Scheduler
 from daemon.server import SocketInUse, bind_socket, make_server
+from daemon.watchdog import Progress, Supervisor, status_line, supervising
 from store.store import Store
 
 log = structlog.get_logger("qjobd")
+
+class CoreTaskFailed(Exception):
+    """The scheduler or the server ended on its own; the daemon stopped."""
+
+
+#: settings that only a restart changes (the socket and the store are open by then)
+RESTART_ONLY = ("socket", "database", "socket_mode")
 
 
 @contextlib.contextmanager
@@ -63,56 +81,182 @@ async def started_backends(config: Config) -> AsyncIterator[dict[str, Backend]]:
                 log.warning("backend did not close cleanly", backend=name, error=repr(exc))
 
 
-async def run(config: Config) -> None:
-    """Serve until SIGTERM or SIGINT."""
-    with exclusive(config.daemon.database):
-        await _serve(config)
-
-
-async def _serve(config: Config) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    store = await Store.open(config.daemon.database)
-    log.info("store open", database=str(config.daemon.database))
-    sock_path = config.daemon.socket
+async def run(config: Config, *, config_path: str | os.PathLike[str] | None = None) -> None:
+    """Serve until SIGTERM or SIGINT. ``config_path`` is re-read on SIGHUP."""
+    # first of all: before any worker process is started, so none inherits the sockets
+    inherited = systemd.listen_sockets()
     try:
-        async with started_backends(config) as backends:
-            changes = BatchChanges()
-            scheduler = Scheduler(store, backends, config.backends, changes)
-            app = create_app(Context(config, store, backends, scheduler, changes))
-            sock = bind_socket(sock_path, config.daemon.socket_mode)
-            server = make_server(app)
-            scheduler_task = asyncio.create_task(scheduler.run(), name="scheduler")
-            server_task = asyncio.create_task(server.serve(sockets=[sock]), name="server")
-            stop_task = asyncio.create_task(stop.wait())
-            ready_task = asyncio.create_task(server.ready.wait())
-            try:
-                await asyncio.wait({ready_task, server_task, stop_task},
-                                   return_when=asyncio.FIRST_COMPLETED)
-                if server.ready.is_set():
-                    log.info("ready", socket=str(sock_path), backends=sorted(backends))
-                    systemd.notify("READY=1")
+        with exclusive(config.daemon.database):
+            await _Service(config, config_path, inherited).serve()
+    finally:
+        for sock in inherited:
+            sock.close()
+
+
+class _Service:
+    def __init__(self, config: Config, config_path: str | os.PathLike[str] | None,
+                 inherited: list[socket.socket]) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.inherited = inherited
+        self.supervisor = Supervisor(interval=systemd.watchdog_interval())
+        self.stop = asyncio.Event()
+        self.reload_wanted = asyncio.Event()
+
+    def _on_stop(self) -> None:
+        if not self.stop.is_set():
+            # at once, from the handler: systemd then knows the stop is ours, not a crash
+            systemd.notify("STOPPING=1")
+            self.stop.set()
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        handled = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP]
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop)
+        # installed before anything slow: SIGHUP's default action would kill the daemon
+        loop.add_signal_handler(signal.SIGHUP, self.reload_wanted.set)
+        handled += _install_test_hooks(loop)
+        try:
+            async with supervising(self.supervisor):
+                await self._serve()
+        finally:
+            for sig in handled:
+                loop.remove_signal_handler(sig)
+
+    async def _serve(self) -> None:
+        config, sup = self.config, self.supervisor
+        sup.say("opening the store")
+        store = await Store.open(config.daemon.database)
+        log.info("store open", database=str(config.daemon.database))
+        try:
+            sup.say("starting backends")
+            async with started_backends(config) as backends:
+                await self._run(store, backends)
+        finally:
+            await store.close()
+            log.info("stopped")
+
+    async def _run(self, store: Store, backends: dict[str, Backend]) -> None:
+        config, sup = self.config, self.supervisor
+        changes = BatchChanges()
+        scheduler = Scheduler(store, backends, config.backends, changes)
+        ctx = Context(config, store, backends, scheduler, changes)
+        app = create_app(ctx)
+        if self.inherited:
+            sockets, where, owned = self.inherited, _names(self.inherited), None
+        else:
+            sockets = [bind_socket(config.daemon.socket, config.daemon.socket_mode)]
+            where, owned = str(config.daemon.socket), config.daemon.socket
+        server = make_server(app)
+        sup.progress = Progress(store, scheduler)
+        scheduler_task = asyncio.create_task(scheduler.run(), name="scheduler")
+        server_task = asyncio.create_task(server.serve(sockets=sockets), name="server")
+        stop_task = asyncio.create_task(self.stop.wait())
+        ready_task = asyncio.create_task(server.ready.wait())
+        reload_task: asyncio.Task[None] | None = None
+        failed: str | None = None
+        try:
+            await asyncio.wait({ready_task, server_task, stop_task},
+                               return_when=asyncio.FIRST_COMPLETED)
+            if server.ready.is_set() and not self.stop.is_set():
+                log.info("ready", socket=where, backends=sorted(backends),
+                         activated=bool(self.inherited))
+                sup.status = lambda: status_line(scheduler, where)
+                sup.notify("READY=1")
+                sup.say(status_line(scheduler, where))
+                sup.paused_status = False
+                reload_task = asyncio.create_task(self._reloads(ctx, scheduler),
+                                                  name="reloads")
                 done, _ = await asyncio.wait({stop_task, server_task, scheduler_task},
                                              return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    if task is not stop_task and task.exception() is not None:
-                        log.error("a core task failed; stopping", task=task.get_name(),
-                                  error=repr(task.exception()))
-                log.info("stopping")
-                systemd.notify("STOPPING=1")
-            finally:
-                changes.close()  # end long-polls and event streams now, not after a grace
-                server.should_exit = True
-                with contextlib.suppress(Exception):
-                    await server_task
-                for task in (scheduler_task, stop_task, ready_task):
-                    task.cancel()
-                await asyncio.gather(scheduler_task, stop_task, ready_task,
-                                     return_exceptions=True)
-                sock.close()
-                sock_path.unlink(missing_ok=True)
-    finally:
-        await store.close()
-        log.info("stopped")
+                for task in done - {stop_task}:
+                    why = task.exception()
+                    failed = f"the {task.get_name()} " + (
+                        f"failed: {why!r}" if why is not None else "stopped by itself")
+                    log.error("a core task ended; stopping", problem=failed)
+            elif not self.stop.is_set():
+                failed = "the server did not start"
+            self._on_stop()
+            sup.paused_status = True
+            sup.say("stopping: finishing store writes; remote jobs keep running")
+            log.info("stopping")
+        finally:
+            changes.close()  # end long-polls and event streams now, not after a grace
+            server.should_exit = True
+            with contextlib.suppress(Exception):
+                await server_task
+            tasks = [t for t in (scheduler_task, stop_task, ready_task, reload_task) if t]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if owned is not None:
+                sockets[0].close()
+                owned.unlink(missing_ok=True)
+            # an inherited socket is left in place: systemd keeps its own copy open and
+            # queues connections on it until the next start
+        if failed is not None:
+            # a non-zero exit, so that Restart=on-failure restarts the daemon
+            raise CoreTaskFailed(failed)
+
+    async def _reloads(self, ctx: Context, scheduler: Scheduler) -> None:
+        while True:
+            await self.reload_wanted.wait()
+            self.reload_wanted.clear()
+            await self._reload(ctx, scheduler)
+
+    async def _reload(self, ctx: Context, scheduler: Scheduler) -> None:
+        """Re-read the configuration; apply what can change without dropping a job."""
+        sup = self.supervisor
+        sup.paused_status = True
+        sup.notify(systemd.reloading_message())
+        sup.say("reloading the configuration")
+        log.info("reloading the configuration", source=self.config_path or self.config.source)
+        try:
+            try:
+                new = load_config(self.config_path)
+            except ConfigError as exc:
+                log.error("reload failed; the running configuration stays", error=str(exc))
+                return
+            problems = await scheduler.reload(new.backends)
+            for backend in ctx.backends.values():
+                logs.add_secrets(backend.secrets())  # a rotated key is a new secret
+            old = self.config.daemon
+            for key in RESTART_ONLY:
+                if getattr(new.daemon, key) != getattr(old, key):
+                    problems.append(f"[daemon] {key} changes with the next restart")
+            daemon = dataclasses.replace(new.daemon, **{k: getattr(old, k) for k in RESTART_ONLY})
+            self.config = dataclasses.replace(new, daemon=daemon)
+            ctx.config = self.config
+            logs.set_level(daemon.log_level)
+            for problem in problems:
+                log.warning("not applied by the reload", problem=problem)
+            log.info("configuration reloaded", backends=sorted(scheduler.runners),
+                     budgets={n: r.budget.rate for n, r in scheduler.runners.items()})
+        except Exception:
+            log.exception("reload failed; the running configuration stays")
+        finally:
+            sup.notify("READY=1")
+            sup.paused_status = False
+
+
+def _names(sockets: list[socket.socket]) -> str:
+    names = []
+    for sock in sockets:
+        name = sock.getsockname()
+        names.append(name if isinstance(name, str) and name else repr(name))
+    return ", ".join(names)
+
+
+def _install_test_hooks(loop: asyncio.AbstractEventLoop) -> list[signal.Signals]:
+    """Test-only hooks, on with ``QJOBD_TEST_HOOKS=1`` and never by default.
+
+    SIGUSR2 blocks the event loop for ``$QJOBD_TEST_BLOCK_SECONDS`` (1 s): how the tests
+    show that a wedged loop stops the watchdog pings.
+    """
+    if os.environ.get("QJOBD_TEST_HOOKS") != "1":
+        return []
+    seconds = float(os.environ.get("QJOBD_TEST_BLOCK_SECONDS", "1.0"))
+    log.warning("test hooks are on (QJOBD_TEST_HOOKS=1): SIGUSR2 blocks the event loop")
+    loop.add_signal_handler(signal.SIGUSR2, time.sleep, seconds)
+    return [signal.SIGUSR2]

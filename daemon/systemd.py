@@ -91,8 +91,8 @@ def listen_sockets() -> list[socket.socket]:
         raise ActivationError(f"LISTEN_FDS={count!r} is not a positive number of sockets")
     sockets: list[socket.socket] = []
     for fd in range(LISTEN_FDS_START, LISTEN_FDS_START + int(count)):
-        os.set_inheritable(fd, False)
         try:
+            os.set_inheritable(fd, False)
             sock = socket.socket(fileno=fd)
         except OSError as exc:
             raise ActivationError(f"inherited fd {fd} is not a socket: {exc}") from None
