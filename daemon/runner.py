@@ -10,6 +10,7 @@ request draws from the backend's budget; a 429 pauses this backend only.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import heapq
 import itertools
 import random
@@ -26,7 +27,7 @@ from backends.base import Backend, Circuit, RemoteState, RemoteStatus, SubmitReq
 from backends.errors import AuthError, BackendError, RateLimited, Rejected, Unavailable
 from daemon.backoff import Backoff
 from daemon.config import BackendConfig
-from daemon.ratelimit import RequestBudget
+from daemon.ratelimit import Priority, RequestBudget
 from store.errors import StoreError
 from store.models import Batch, Job
 from store.states import IllegalTransition, JobState, can_move
@@ -53,6 +54,11 @@ SUBMITTERS = 16
 AUTH_PAUSE = 60.0
 #: how far the provider's clock may run behind ours, for lookups by creation time
 LOOKUP_CLOCK_SKEW = 60.0
+
+#: the budget priority of the call in progress: the extra requests of a multi-request
+#: call (an upload's fragments, paged results) wait in the same place as its first
+_PRIORITY: contextvars.ContextVar[Priority] = contextvars.ContextVar(
+    "qjobd_request_priority", default=Priority.TRACK)
 
 
 @dataclass(slots=True)
@@ -259,7 +265,8 @@ class BackendRunner:
             tracked.remote_id = remote_id
 
         try:
-            remote_id = await self._request(self.backend.submit, request, created=created)
+            remote_id = await self._request(self.backend.submit, request, created=created,
+                                            _priority=Priority.CREATE)
         except Rejected as exc:
             await self._move(tracked, JobState.FAILED, error=f"rejected by {self.name}: {exc}")
             return
@@ -284,9 +291,15 @@ class BackendRunner:
         batch = await self._batch(tracked.batch_id)
         job = await self.store.get_job(tracked.job_id)
         records = await self.store.circuits(tracked.job_id)
-        # parsing and converting is CPU work (about 1 ms per OpenQASM 3 circuit)
-        circuits = await anyio.to_thread.run_sync(
-            lambda: [self._wire_circuit(r.label, r.source) for r in records])
+        versions = self.backend.capabilities.qasm_versions
+        if all(r.qasm_version in versions for r in records):
+            # checked at submission and stored with its version: sent as it is
+            circuits = [Circuit(r.label, r.source, r.qasm_version, r.num_clbits)
+                        for r in records]
+        else:
+            # converting is CPU work (about 1 ms per OpenQASM 3 circuit): off the loop
+            circuits = await anyio.to_thread.run_sync(
+                lambda: [self._wire_circuit(r.label, r.source) for r in records])
         return SubmitRequest(submission_key=job.submission_key, circuits=circuits,
                              shots=batch.shots, name=batch.name or None, options=batch.options)
 
@@ -479,8 +492,11 @@ class BackendRunner:
         await self._move(tracked, target, remote_status=status.raw, error=status.error)
         tracked.raw = status.raw
         if not target.terminal:
-            # a status change resets the backoff: things are moving
-            tracked.interval = None
+            if target != JobState.RUNNING:
+                # a status change resets the backoff: things are moving
+                tracked.interval = None
+            # except a start: the job has only begun, its end is no nearer than it was a
+            # poll ago, and polling from 1 s again costs ~8 polls per job for nothing
             self._later(tracked, None)
 
     async def _complete(self, tracked: Tracked, status: RemoteStatus) -> None:
@@ -535,12 +551,19 @@ class BackendRunner:
 
     async def _pace(self) -> None:
         """A backend's request after the first of one call: budgeted and counted too."""
-        await self.budget.acquire()
+        await self.budget.acquire(_PRIORITY.get())
         self.requests += 1
 
-    async def _request(self, fn: Callable[..., Awaitable[R]], *args: Any, **kw: Any) -> R:
-        await self.budget.acquire()
+    async def _request(self, fn: Callable[..., Awaitable[R]], *args: Any,
+                       _priority: Priority = Priority.TRACK, **kw: Any) -> R:
+        """Send one call to the backend, drawing from its budget.
+
+        Creates wait behind tracking requests (polls, results, cancels, lookups): work
+        already running remotely is followed up before more is started.
+        """
+        await self.budget.acquire(_priority)
         self.requests += 1
+        token = _PRIORITY.set(_priority)
         try:
             return await fn(*args, **kw)
         except RateLimited as exc:
@@ -552,6 +575,8 @@ class BackendRunner:
         except BackendError as exc:
             self._note_error(exc)
             raise
+        finally:
+            _PRIORITY.reset(token)
 
     def _note_error(self, exc: BaseException) -> None:
         self.errors += 1

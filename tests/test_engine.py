@@ -285,3 +285,34 @@ async def test_a_lost_create_on_an_inert_backend_is_submitted_again(store: Store
         await batch_is(store, batch.id, JobState.COMPLETED)
     assert backend.submits == 1
     assert any("can never run" in str(e.detail) for e in await store.events(batch_id=batch.id))
+
+
+async def test_a_job_that_starts_keeps_its_backoff_instead_of_polling_from_1s_again(
+        store: Store) -> None:
+    polling = {"initial_interval": 0.01, "backoff_factor": 2.0, "max_interval": 10.0,
+               "jitter": 0.0}
+    backends = parse_config({"polling": polling, "backends": {
+        "fake": {"type": "scripted"}}}).backends
+    backend = ScriptedBackend("fake", {"hold": True})
+    scheduler = Scheduler(store, {"fake": backend}, backends, BatchChanges())
+    task = asyncio.create_task(scheduler.run())
+
+    def poll_times() -> list[float]:
+        return [t for t, op in backend.calls if op == "status"]
+    try:
+        batch = await new_batch(store)
+        scheduler.accepted(batch)
+        await eventually(lambda: len(backend.jobs) == 1)
+        remote = next(iter(backend.jobs.values()))
+        await eventually(lambda: remote.polls >= 5)  # waiting in the provider's queue
+        seen = len(poll_times())
+        remote.state, remote.raw = RemoteState.RUNNING, "running"  # it starts
+        await eventually(lambda: len(poll_times()) >= seen + 2)
+        assert (await store.get_batch(batch.id)).jobs[0].state == JobState.RUNNING
+        times = poll_times()
+        # the poll that saw the start came after five or more in the queue, which took
+        # the interval to 0.01 * 2**5 at least; a reset would poll again 0.01 s later
+        assert times[seen + 1] - times[seen] >= 0.01 * 2 ** 5 - 0.005
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

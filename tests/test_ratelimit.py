@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from daemon.ratelimit import RequestBudget
+from daemon.ratelimit import Priority, RequestBudget
 
 EPS = 1e-6  # float slack for lower bounds measured with loop.time()
 
@@ -181,3 +181,34 @@ async def test_a_cancelled_waiter_does_not_block_the_others():
     await asyncio.wait_for(second, 1.0)
     assert first.cancelled()
     assert budget.granted == 2
+
+
+async def test_tracking_requests_go_before_creates_that_queued_earlier():
+    budget = RequestBudget(200.0)
+    await budget.acquire()  # empty the bucket so everyone has to queue
+    served: list[str] = []
+
+    async def client(name: str, priority: Priority) -> None:
+        await budget.acquire(priority)
+        served.append(name)
+
+    creates = [asyncio.create_task(client(f"create{i}", Priority.CREATE)) for i in range(3)]
+    await until(lambda: budget.waiting == 3)
+    polls = [asyncio.create_task(client(f"poll{i}", Priority.TRACK)) for i in range(3)]
+    await asyncio.wait_for(asyncio.gather(*creates, *polls), 2.0)
+    # the first create may already hold the next token when the polls arrive
+    assert served[-2:] == ["create1", "create2"] or served[-3:] == [
+        "create0", "create1", "create2"]
+    assert [s for s in served if s.startswith("poll")] == ["poll0", "poll1", "poll2"]
+    assert served.index("poll0") < served.index("create1")
+
+
+async def test_a_cancelled_waiter_leaves_the_queue():
+    budget = RequestBudget(0.5)
+    await budget.acquire()  # the next token is 2 s away
+    task = asyncio.create_task(budget.acquire())
+    await until(lambda: budget.waiting == 1)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert budget.waiting == 0
+    assert budget.granted == 1
