@@ -4,6 +4,9 @@
                                          Type=notify, watchdog, socket activation;
                                          SIGHUP reloads the configuration)
     qjobd check-config [--config PATH]   validate and print the effective configuration
+    qjobd backup [--config PATH] [--database PATH] DEST
+                                         a consistent copy of the database, safe while
+                                         the daemon runs (SQLite's online backup)
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import argparse
 import asyncio
 import json
 import sys
+from pathlib import Path
 
 from backends.registry import UnknownBackendType, backend_class
 from daemon import logs
@@ -31,6 +35,14 @@ def main(argv: list[str] | None = None) -> int:
                        ("check-config", "validate and print the effective configuration")):
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("--config", metavar="PATH", help="the TOML configuration file")
+    text = "copy the database consistently, even while the daemon runs"
+    p = sub.add_parser("backup", help=text, description=text + (
+        ". The copy is written beside DEST and renamed into place once it is complete "
+        "and has passed an integrity check."))
+    p.add_argument("--config", metavar="PATH", help="the TOML configuration file")
+    p.add_argument("--database", metavar="PATH",
+                   help="the database to copy (default: the configuration's)")
+    p.add_argument("destination", metavar="DEST", help="the file to write")
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
@@ -41,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         print(json.dumps(config.to_dict(), indent=2))
         return 0
+    if args.command == "backup":
+        return backup(Path(args.database or config.daemon.database), Path(args.destination))
     logs.configure(config.daemon.log_level)
     from daemon import service  # after logging is configured
 
@@ -49,6 +63,21 @@ def main(argv: list[str] | None = None) -> int:
     except (StoreError, SocketInUse, ActivationError, service.CoreTaskFailed) as exc:
         print(f"qjobd: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def backup(database: Path, destination: Path) -> int:
+    from store.backup import backup as copy_database
+
+    try:
+        size = copy_database(database, destination)
+    except StoreError as exc:
+        print(f"qjobd: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"qjobd: backup to {destination} failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"qjobd: copied {database} to {destination} ({size:,} bytes)")
     return 0
 
 

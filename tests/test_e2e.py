@@ -154,3 +154,37 @@ def _have(program: str) -> bool:
     from shutil import which
 
     return which(program) is not None
+
+
+def test_qjobd_backup_copies_the_live_database_while_the_daemon_runs(qjobd: Daemon) -> None:
+    r = qjobd.ctl("--json", "submit", str(EXAMPLES / "bell.qasm"), "--backend", "local",
+                  "--shots", "100", "--wait")
+    assert r.returncode == 0, r.stderr
+    done = json.loads(r.stdout)
+    dest = qjobd.root / "backups" / "copy.sqlite3"
+    # the daemon keeps running and writing while the copy is taken
+    with qjobd.http() as c:
+        busy = c.post("/v1/batches", json={"backend": "local", "circuits": {"s": SLOW},
+                                           "shots": 16}).json()
+    out = subprocess.run([str(BIN / "qjobd"), "backup", str(dest)], env=qjobd.env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert str(dest) in out.stdout
+    assert qjobd.accepts() and qjobd.proc is not None and qjobd.proc.poll() is None
+    # the copy is a database of its own: a daemon started on it serves the same results
+    copy = Daemon(short_tmpdir(), LOCAL_CONFIG)
+    copy.database.parent.mkdir(parents=True)
+    dest.replace(copy.database)
+    copy.start()
+    try:
+        with copy.http() as c:
+            results = c.get(f"/v1/batches/{done['batch']['id']}/results").json()
+            assert results == done["results"]
+            assert c.get(f"/v1/batches/{busy['id']}").status_code == 200
+    finally:
+        copy.stop()
+    # a destination that cannot be written is a clear error, not a traceback
+    bad = subprocess.run([str(BIN / "qjobd"), "backup", "/proc/qjobd-backup.sqlite3"],
+                         env=qjobd.env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1
+    assert bad.stderr.startswith("qjobd: ") and "Traceback" not in bad.stderr
