@@ -1,4 +1,4 @@
-"""What every HTTP backend shares: sending without retries, and translating failures.
+"""What every HTTP backend shares: its client, sending without retries, translating failures.
 
 A backend never retries by itself (a retried create can duplicate a job); it turns each
 failure into the most specific :mod:`backends.errors` class and the daemon decides.
@@ -10,12 +10,13 @@ import email.utils
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
+from backends.base import Backend
 from backends.errors import AuthError, ProtocolError, RateLimited, Rejected, Unavailable
 
 _TRANSIENT = {408, 425, 500, 502, 503, 504} | set(range(520, 530))
@@ -118,3 +119,81 @@ def read_api_key(backend: str, config: Mapping[str, Any], default_env: str) -> s
         places = f"$CREDENTIALS_DIRECTORY/{credential} or " + places
     raise ValueError(f"no API key for backend {backend!r}: set {places}")
 
+
+
+class HttpBackend(Backend):
+    """A backend that speaks to its provider through one pooled httpx client, keyed by an API key.
+
+    A subclass names its provider, settings, default URL, key variable and auth scheme,
+    sets ``timeout`` and reads its key with :meth:`read_key` in ``__init__``; this class
+    refuses unknown settings, opens the client on :meth:`start`, closes it on
+    :meth:`aclose`, and replaces it when :meth:`reconfigure` finds a rotated key. The key
+    is only ever sent in the Authorization header and reported by :meth:`secrets`, so
+    that logs redact it.
+    """
+
+    #: the provider's name, as messages say it
+    provider: ClassVar[str]
+    #: every setting the backend takes; any other is refused
+    settings: ClassVar[Set[str]]
+    #: the provider's API root, unless ``base_url`` says otherwise
+    default_base_url: ClassVar[str]
+    #: the environment variable read for the API key when no credential holds it
+    key_env: ClassVar[str]
+    #: the Authorization header's scheme the key is sent under
+    auth_scheme: ClassVar[str]
+
+    base_url: str
+    #: seconds for a request (connecting: at most 10)
+    timeout: float
+    _key: str
+
+    def __init__(self, name: str, config: Mapping[str, Any]) -> None:
+        super().__init__(name, config)
+        unknown = sorted(set(config) - self.settings)
+        if unknown:
+            raise ValueError(f"unknown setting(s) {', '.join(unknown)}; "
+                             f"allowed: {', '.join(sorted(self.settings))}")
+        self.base_url = str(config.get("base_url", self.default_base_url)).rstrip("/")
+        self._client: httpx.AsyncClient | None = None
+
+    def read_key(self, config: Mapping[str, Any]) -> str:
+        """The API key ``config`` points at; raises ValueError saying where it looked."""
+        return read_api_key(self.name, config, self.key_env)
+
+    async def start(self) -> None:
+        self._client = self._make_client()
+
+    def _make_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.base_url + "/",
+            headers={"Authorization": f"{self.auth_scheme} {self._key}", "User-Agent": "qjobd"},
+            timeout=httpx.Timeout(self.timeout, connect=min(10.0, self.timeout)),
+            # httpcore checks every pooled connection on each request (a poll and a
+            # getpeername each): a small pool costs less CPU than a wide one saves waiting
+            limits=httpx.Limits(max_connections=8, max_keepalive_connections=8),
+            # no transport retries: a retried create or upload could duplicate work
+            transport=httpx.AsyncHTTPTransport(retries=0),
+        )
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def reconfigure(self, config: Mapping[str, Any]) -> None:
+        key = self.read_key(config)
+        if key != self._key:
+            self._key = key
+            old, self._client = self._client, self._make_client()
+            if old is not None:
+                await old.aclose()
+
+    def secrets(self) -> list[str]:
+        return [self._key]
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise RuntimeError(f"the {self.provider} backend is not started")
+        return self._client

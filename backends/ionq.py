@@ -16,10 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-import httpx
-
 from backends.base import (
-    Backend,
     Capabilities,
     Circuit,
     Counts,
@@ -29,7 +26,7 @@ from backends.base import (
     SubmitRequest,
 )
 from backends.errors import ProtocolError, Rejected
-from backends.http import check, json_body, read_api_key, send
+from backends.http import HttpBackend, check, json_body, send
 
 DEFAULT_BASE_URL = "https://api.ionq.co/v0.4"
 HISTOGRAM = "ionq.result.histogram.json.v1"
@@ -52,16 +49,17 @@ _CONFIG = {"base_url", "api_key_env", "api_key_credential", "target", "noise_mod
            "timeout", "max_ids_per_request", "lookup_max_pages"}
 
 
-class IonQBackend(Backend):
+class IonQBackend(HttpBackend):
     """IonQ's cloud (simulator or QPU, by ``target``)."""
+
+    provider = "IonQ"
+    settings = _CONFIG
+    default_base_url = DEFAULT_BASE_URL
+    key_env = "IONQ_API_KEY"
+    auth_scheme = "apiKey"
 
     def __init__(self, name: str, config: Mapping[str, Any]) -> None:
         super().__init__(name, config)
-        unknown = sorted(set(config) - _CONFIG)
-        if unknown:
-            raise ValueError(f"unknown setting(s) {', '.join(unknown)}; "
-                             f"allowed: {', '.join(sorted(_CONFIG))}")
-        self.base_url = str(config.get("base_url", DEFAULT_BASE_URL)).rstrip("/")
         self.target = str(config.get("target", "simulator"))
         self.noise_model = config.get("noise_model")
         self.timeout = float(config.get("timeout", 30.0))
@@ -69,47 +67,15 @@ class IonQBackend(Backend):
         if not 1 <= max_ids <= 1000:
             raise ValueError("max_ids_per_request must be between 1 and 1000")
         self.lookup_max_pages = int(config.get("lookup_max_pages", 400))
-        self._key = read_api_key(name, config, "IONQ_API_KEY")
+        self._key = self.read_key(config)
         self.capabilities = Capabilities(
             grouping=Grouping.PER_CIRCUIT, batch_status=True, max_status_batch=max_ids,
             lookup_by_key=True, durable=True, qasm_versions=frozenset({3}),
             default_shots=100, max_shots=1_000_000)
-        self._client: httpx.AsyncClient | None = None
         #: result descriptors of jobs seen completed by status(), so results() skips a GET
         self._completed: dict[str, Mapping[str, Any]] = {}
 
-    # -- lifecycle -------------------------------------------------------------------
-
-    async def start(self) -> None:
-        self._client = self._make_client()
-
-    def _make_client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            base_url=self.base_url + "/",
-            headers={"Authorization": f"apiKey {self._key}", "User-Agent": "qjobd"},
-            timeout=httpx.Timeout(self.timeout, connect=min(10.0, self.timeout)),
-            # httpcore checks every pooled connection on each request (a poll and a
-            # getpeername each): a small pool costs less CPU than a wide one saves waiting
-            limits=httpx.Limits(max_connections=8, max_keepalive_connections=8),
-            # no transport retries: a retried POST could create a second job
-            transport=httpx.AsyncHTTPTransport(retries=0),
-        )
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
-
-    async def reconfigure(self, config: Mapping[str, Any]) -> None:
-        key = read_api_key(self.name, config, "IONQ_API_KEY")
-        if key != self._key:
-            self._key = key
-            old, self._client = self._client, self._make_client()
-            if old is not None:
-                await old.aclose()
-
-    def secrets(self) -> list[str]:
-        return [self._key]
+    # -- settings --------------------------------------------------------------------
 
     def validate_options(self, options: Mapping[str, Any]) -> None:
         unknown = sorted(set(options) - _OPTIONS)
@@ -122,12 +88,6 @@ class IonQBackend(Backend):
 
     def health(self) -> dict[str, Any]:
         return {"base_url": self.base_url, "target": self.target}
-
-    @property
-    def client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            raise RuntimeError("the IonQ backend is not started")
-        return self._client
 
     # -- the protocol ----------------------------------------------------------------
 

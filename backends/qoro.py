@@ -32,7 +32,6 @@ import structlog
 
 from backends import qh
 from backends.base import (
-    Backend,
     Capabilities,
     Circuit,
     Counts,
@@ -42,7 +41,7 @@ from backends.base import (
     SubmitRequest,
 )
 from backends.errors import AuthError, BackendError, ProtocolError, Rejected, Unavailable
-from backends.http import check, error_text, json_body, read_api_key, send
+from backends.http import HttpBackend, check, error_text, json_body, send
 
 log = structlog.get_logger("qjobd.qoro")
 
@@ -78,17 +77,18 @@ _CONFIG = {"base_url", "api_key_env", "api_key_credential", "simulator_cluster",
            "qpu_system_name", "timeout"}
 
 
-class QoroBackend(Backend):
+class QoroBackend(HttpBackend):
     """Qoro's service, on a simulator cluster (``simulator_cluster``) or a QPU
     (``qpu_system_name``)."""
 
+    provider = "Qoro"
+    settings = _CONFIG
+    default_base_url = DEFAULT_BASE_URL
+    key_env = "QORO_API_KEY"
+    auth_scheme = "Bearer"
+
     def __init__(self, name: str, config: Mapping[str, Any]) -> None:
         super().__init__(name, config)
-        unknown = sorted(set(config) - _CONFIG)
-        if unknown:
-            raise ValueError(f"unknown setting(s) {', '.join(unknown)}; "
-                             f"allowed: {', '.join(sorted(_CONFIG))}")
-        self.base_url = str(config.get("base_url", DEFAULT_BASE_URL)).rstrip("/")
         cluster = config.get("simulator_cluster")
         system = config.get("qpu_system_name")
         if cluster is not None and system is not None:
@@ -103,54 +103,16 @@ class QoroBackend(Backend):
         self.timeout = float(config.get("timeout", 60.0))
         if not self.timeout > 0:
             raise ValueError("timeout must be a positive number of seconds")
-        self._key = read_api_key(name, config, "QORO_API_KEY")
+        self._key = self.read_key(config)
         self.capabilities = Capabilities(
             grouping=Grouping.PER_BATCH, batch_status=False, max_status_batch=1,
             # the wire cannot find a job by its tag, but a job never finalized never runs
             lookup_by_key=False, lost_create_is_inert=True,
             durable=True, qasm_versions=frozenset({2}), default_shots=1000,
             max_shots=1_000_000)
-        self._client: httpx.AsyncClient | None = None
-
-    # -- lifecycle -------------------------------------------------------------------
-
-    async def start(self) -> None:
-        self._client = self._make_client()
-
-    def _make_client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            base_url=self.base_url + "/",
-            headers={"Authorization": f"Bearer {self._key}", "User-Agent": "qjobd"},
-            timeout=httpx.Timeout(self.timeout, connect=min(10.0, self.timeout)),
-            limits=httpx.Limits(max_connections=8, max_keepalive_connections=8),
-            # no transport retries: a retried init or fragment could duplicate work
-            transport=httpx.AsyncHTTPTransport(retries=0),
-        )
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
-
-    async def reconfigure(self, config: Mapping[str, Any]) -> None:
-        key = read_api_key(self.name, config, "QORO_API_KEY")
-        if key != self._key:
-            self._key = key
-            old, self._client = self._client, self._make_client()
-            if old is not None:
-                await old.aclose()
-
-    def secrets(self) -> list[str]:
-        return [self._key]
 
     def health(self) -> dict[str, Any]:
         return {"base_url": self.base_url, **self.target}
-
-    @property
-    def client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            raise RuntimeError("the Qoro backend is not started")
-        return self._client
 
     # -- submitting ------------------------------------------------------------------
 

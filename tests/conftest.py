@@ -36,6 +36,19 @@ h q[0];
 cx q[0], q[1];
 c = measure q;
 """
+#: three qubits measured into two registers (1 bit and 2 bits)
+GHZ2 = """OPENQASM 2.0;
+include "qelib1.inc";
+qreg q[3];
+creg a[1];
+creg b[2];
+h q[0];
+cx q[0],q[1];
+cx q[1],q[2];
+measure q[0] -> a[0];
+measure q[1] -> b[0];
+measure q[2] -> b[1];
+"""
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 FAST_POLLING = {"initial_interval": 0.01, "backoff_factor": 1.5, "max_interval": 0.05,

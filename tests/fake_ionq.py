@@ -20,7 +20,7 @@ Two ways to run it:
   or ``FakeIonQProcess(api_key="k", knobs={...}).start()``; its state is read through the
   control API under ``/_fake/`` (no auth): ``GET /_fake/stats``, ``GET /_fake/jobs``,
   ``GET /_fake/requests``, ``GET|POST /_fake/knobs``, ``POST /_fake/finish``,
-  ``POST /_fake/reset``.
+  ``POST /_fake/plant`` (``plant()`` over HTTP), ``POST /_fake/reset``.
 
 Jobs move ``submitted -> ready -> started -> completed`` (or ``failed``) on the wall clock;
 the status is computed from the job's planned timestamps at request time, so idle jobs cost
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import email.utils
 import hashlib
 import json
@@ -41,11 +40,9 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections import Counter
@@ -55,8 +52,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from tests.fake_server import FakeServer, TokenBucket
 
 __all__ = [
     "HISTOGRAM_V1",
@@ -397,37 +393,28 @@ def _route_of(method: str, path: str) -> str:
 
 # --------------------------------------------------------------------------- the fake
 
-class _Server(uvicorn.Server):
-    """uvicorn without its signal handlers (the owner stops it with should_exit)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Any:
-        yield
-
-
-class FakeIonQ:
+class FakeIonQ(FakeServer):
     """IonQ v0.4 jobs API on 127.0.0.1. All public methods are thread-safe."""
+
+    label = "fake IonQ"
+    keep_alive = 30
+    graceful_shutdown = 2
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, seed: int = 0,
                  submitter_id: str = "fake-submitter", project_id: str | None = None,
                  **knobs: Any) -> None:
-        self.host = host
-        self.port = port
+        super().__init__(host=host, port=port)
         self.submitter_id = submitter_id
         self.project_id = project_id if project_id is not None else str(uuid.UUID(int=seed))
         self.knobs = Knobs()
         self.knobs.update(knobs)
         self._initial_knobs = dict(knobs)
         self._seed = seed
-        self._lock = threading.RLock()
-        self._transports: dict[Any, asyncio.BaseTransport] = {}
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
         self._reset_state()
 
     def _reset_state(self) -> None:
         #: bumped by reset(): requests in flight across a reset are not logged
-        self._generation = getattr(self, "_generation", 0) + 1
+        self._generation += 1
         self._rng = random.Random(self._seed)
         #: job id -> FakeJob (live: read-only for callers)
         self.jobs: dict[str, FakeJob] = {}
@@ -443,11 +430,9 @@ class FakeIonQ:
         #: how often each job id was asked for in a batch status query (?ids=...)
         self.polls_by_id: Counter[str] = Counter()
         self._injections: list[_Injection] = []
-        self._tokens = 0.0
-        self._tokens_at = time.monotonic()
-        self._bucket_primed = False
+        self._bucket = TokenBucket()
 
-    # ------------------------------------------------------------------ lifecycle
+    # ------------------------------------------------------------------ addresses
 
     @property
     def base_url(self) -> str:
@@ -461,111 +446,6 @@ class FakeIonQ:
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"apiKey {self.knobs.api_key}"}
 
-    def _bind(self) -> socket.socket:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.host, self.port))
-            sock.listen(2048)
-        except OSError:
-            sock.close()
-            raise
-        self.port = sock.getsockname()[1]
-        return sock
-
-    def _make_server(self) -> uvicorn.Server:
-        fake = self
-
-        class _Protocol(H11Protocol):
-            # remember each connection's transport, so a create can be answered by
-            # closing the connection (drop_create_responses)
-            def connection_made(self, transport: Any) -> None:
-                super().connection_made(transport)
-                fake._transports[self.client] = transport
-                # uvicorn writes headers and body separately: without TCP_NODELAY every
-                # response waits out the peer's 40 ms delayed ACK
-                sock = transport.get_extra_info("socket")
-                if sock is not None:
-                    with contextlib.suppress(OSError):
-                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-            def connection_lost(self, exc: Exception | None) -> None:
-                fake._transports.pop(self.client, None)
-                super().connection_lost(exc)
-
-        config = uvicorn.Config(
-            self._asgi, http=_Protocol, ws="none", lifespan="off", log_config=None,
-            log_level="warning", access_log=False, proxy_headers=False, server_header=False,
-            interface="asgi3", backlog=2048, timeout_keep_alive=30,
-            timeout_graceful_shutdown=2)
-        return _Server(config)
-
-    def start(self, timeout: float = 10.0) -> FakeIonQ:
-        """Serve from a background thread with its own event loop; returns self."""
-        if self._thread is not None:
-            raise RuntimeError("already started")
-        sock = self._bind()
-        server = self._server = self._make_server()
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                asyncio.run(server.serve(sockets=[sock]))
-            except BaseException as exc:  # surfaced by start()/stop()
-                failure.append(exc)
-            finally:
-                sock.close()
-
-        self._thread = threading.Thread(target=run, name=f"fake-ionq:{self.port}", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not server.started:
-            if failure or not self._thread.is_alive():
-                self._thread = None
-                raise RuntimeError(f"fake IonQ failed to start: {failure!r}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise TimeoutError("fake IonQ did not start")
-            time.sleep(0.005)
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        if self._server is None or self._thread is None:
-            return
-        self._server.should_exit = True
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            self._server.force_exit = True
-            self._thread.join(timeout)
-        self._thread = None
-        self._server = None
-
-    def __enter__(self) -> FakeIonQ:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def serve_forever(self, port_file: str | None = None) -> None:
-        """Process mode: serve on the main thread until SIGTERM/SIGINT."""
-        sock = self._bind()
-        if port_file:
-            tmp = f"{port_file}.tmp"
-            Path(tmp).write_text(f"{self.port}\n")
-            os.replace(tmp, port_file)
-        server = self._server = self._make_server()
-
-        async def main() -> None:
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, setattr, server, "should_exit", True)
-            await server.serve(sockets=[sock])
-
-        try:
-            asyncio.run(main())
-        finally:
-            sock.close()
-
     # ------------------------------------------------------------------ knobs
 
     def configure(self, **knobs: Any) -> None:
@@ -573,7 +453,7 @@ class FakeIonQ:
         with self._lock:
             self.knobs.update(knobs)
             if "max_rps" in knobs or "burst" in knobs:
-                self._bucket_primed = False
+                self._bucket.reset()
 
     def rate_limit(self, n: int, retry_after: float | str | None = None,
                    method: str | None = None) -> None:
@@ -751,27 +631,13 @@ class FakeIonQ:
         n_ids = (sum(1 for k, v in parse_qsl(query, keep_blank_values=True)
                      if k in ("ids", "ids[]") and v)
                  if method == "GET" and path.rstrip("/") == API_PREFIX + "/jobs" else 0)
-        logged = False
-        generation = self._generation
 
-        def record(status: int) -> None:
-            # logged before the response leaves, so a client never sees an answer whose
-            # request is not in the log yet
-            nonlocal logged
-            if not logged:
-                logged = True
-                with self._lock:
-                    if generation != self._generation:
-                        return
-                    self.request_log.append((mono, wall, method, path, status, n_ids))
-                    self.by_route[_route_of(method, path)] += 1
-                    self.by_status[status] += 1
+        def log(status: int) -> None:
+            self.request_log.append((mono, wall, method, path, status, n_ids))
+            self.by_route[_route_of(method, path)] += 1
+            self.by_status[status] += 1
 
-        async def logging_send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                record(message["status"])
-            await send(message)
-
+        record, logging_send = self._recorder(log, send)
         try:
             await self._api(scope, receive, logging_send, rid, record)
         except Exception:
@@ -852,15 +718,7 @@ class FakeIonQ:
             if rate is None:
                 return 0.0
             burst = float(self.knobs.burst if self.knobs.burst is not None else max(1.0, rate))
-            now = time.monotonic()
-            if not self._bucket_primed:
-                self._tokens, self._tokens_at, self._bucket_primed = burst, now, True
-            self._tokens = min(burst, self._tokens + (now - self._tokens_at) * rate)
-            self._tokens_at = now
-            if self._tokens >= 1.0:
-                self._tokens -= 1.0
-                return 0.0
-            return (1.0 - self._tokens) / rate
+            return self._bucket.take(rate, burst)
 
     async def _dispatch(self, method: str, parts: list[str], query: str,
                         headers: dict[bytes, bytes], receive: Any, send: Any, rid: str,
@@ -1189,6 +1047,9 @@ class FakeIonQ:
                     payload = self.knobs.to_json()
             elif method == "POST" and path == "/knobs":
                 payload = self._apply_control_knobs(body)
+            elif method == "POST" and path == "/plant":
+                payload = {"ids": self.plant(int(body["n"]), str(body["source"]),
+                                             shots=int(body.get("shots", 100)))}
             elif method == "POST" and path == "/finish":
                 for job_id in body.get("ids", []):
                     self.finish_now(job_id, body.get("failure"))
@@ -1429,6 +1290,11 @@ class FakeIonQProcess:
 
     def finish(self, ids: Sequence[str], failure: Mapping[str, str] | None = None) -> None:
         self._control("POST", "/finish", json={"ids": list(ids), "failure": failure})
+
+    def plant(self, n: int, source: str, *, shots: int = 100) -> list[str]:
+        """Create ``n`` jobs without HTTP creates (see ``FakeIonQ.plant``); their ids."""
+        return self._control("POST", "/plant", json={"n": n, "source": source,
+                                                     "shots": shots})["ids"]
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM and wait; the exit code (0 on a clean stop)."""

@@ -33,8 +33,6 @@ import hashlib
 import json
 import random
 import re
-import socket
-import threading
 import time
 import uuid
 from collections import Counter
@@ -43,8 +41,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import parse_qsl
 
-import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from tests.fake_server import FakeServer, TokenBucket
 
 __all__ = ["MAX_BODY_BYTES", "FakeQoro", "Knobs", "encode_qh", "planted_counts",
            "qh_envelope", "uleb128"]
@@ -349,14 +346,6 @@ class _HTTPError(Exception):
         self.status, self.detail, self.key = status, detail, key
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its signal handlers (the owner stops it with should_exit)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Any:
-        yield
-
-
 def _route(method: str, path: str) -> str:
     parts = [p for p in path[len(API_PREFIX):].split("/") if p]
     if parts == ["job", "init"]:
@@ -368,24 +357,21 @@ def _route(method: str, path: str) -> str:
 
 # --------------------------------------------------------------------------- the fake
 
-class FakeQoro:
+class FakeQoro(FakeServer):
     """Qoro's job API on 127.0.0.1. Public methods are thread-safe."""
+
+    label = "fake Qoro"
+    backlog = 512
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, seed: int = 0,
                  **knobs: Any) -> None:
-        self.host = host
-        self.port = port
+        super().__init__(host=host, port=port)
         self._initial_knobs = dict(knobs)
         self._seed = seed
-        self._lock = threading.RLock()
-        self._transports: dict[Any, asyncio.BaseTransport] = {}
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
         #: stalls under way right now (a test waits for one to begin)
         self.stalling = 0
         #: (loop, event) of each stall under way, for release_stalls()
         self._stalls: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
-        self._generation = 0
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -403,80 +389,13 @@ class FakeQoro:
         #: answers dropped on purpose ("init <id>", "add_circuits <id>#<fragment>")
         self.dropped: list[str] = []
         self._injections: list[list[Any]] = []
-        self._tokens = 0.0
-        self._tokens_at = time.monotonic()
-        self._primed = False
+        self._bucket = TokenBucket()
 
-    # ------------------------------------------------------------------ lifecycle
+    # ------------------------------------------------------------------ addresses
 
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}{API_PREFIX}"
-
-    def start(self, timeout: float = 10.0) -> FakeQoro:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        sock.listen(512)
-        self.port = sock.getsockname()[1]
-        fake = self
-
-        class _Protocol(H11Protocol):
-            # each connection's transport, so an answer can be dropped by closing it
-            def connection_made(self, transport: Any) -> None:
-                super().connection_made(transport)
-                fake._transports[self.client] = transport
-                s = transport.get_extra_info("socket")
-                if s is not None:
-                    with contextlib.suppress(OSError):
-                        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-            def connection_lost(self, exc: Exception | None) -> None:
-                fake._transports.pop(self.client, None)
-                super().connection_lost(exc)
-
-        config = uvicorn.Config(self._asgi, http=_Protocol, ws="none", lifespan="off",
-                                log_config=None, log_level="warning", access_log=False,
-                                server_header=False, proxy_headers=False, interface="asgi3",
-                                timeout_graceful_shutdown=1)
-        server = self._server = _Server(config)
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                asyncio.run(server.serve(sockets=[sock]))
-            except BaseException as exc:
-                failure.append(exc)
-            finally:
-                sock.close()
-
-        self._thread = threading.Thread(target=run, name=f"fake-qoro:{self.port}", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not server.started:
-            if failure or not self._thread.is_alive():
-                raise RuntimeError(f"fake Qoro failed to start: {failure!r}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise TimeoutError("fake Qoro did not start")
-            time.sleep(0.005)
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        if self._server is None or self._thread is None:
-            return
-        self._server.should_exit = True
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            self._server.force_exit = True
-            self._thread.join(timeout)
-        self._server = self._thread = None
-
-    def __enter__(self) -> FakeQoro:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------ knobs and helpers
 
@@ -499,7 +418,7 @@ class FakeQoro:
     def configure(self, **knobs: Any) -> None:
         with self._lock:
             self.knobs.update(knobs)
-            self._primed = False
+            self._bucket.reset()
 
     def inject(self, n: int, status: int, retry_after: float | str | None = None,
                route: str | None = None) -> None:
@@ -563,23 +482,11 @@ class FakeQoro:
         method, path = scope["method"], scope["path"]
         route = _route(method, path)
         size = [0]
-        logged = False
-        generation = self._generation
 
-        def record(status: int) -> None:
-            nonlocal logged
-            if not logged:
-                logged = True
-                with self._lock:
-                    if generation != self._generation:
-                        return
-                    self.request_log.append((mono, wall, method, route, path, status, size[0]))
+        def log(status: int) -> None:
+            self.request_log.append((mono, wall, method, route, path, status, size[0]))
 
-        async def logging_send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                record(message["status"])
-            await send(message)
-
+        record, logging_send = self._recorder(log, send)
         try:
             await self._api(scope, receive, logging_send, route, size, record)
         except _HTTPError as exc:
@@ -655,15 +562,7 @@ class FakeQoro:
             if rate is None:
                 return 0.0
             burst = float(self.knobs.burst or max(1.0, rate))
-            now = time.monotonic()
-            if not self._primed:
-                self._tokens, self._tokens_at, self._primed = burst, now, True
-            self._tokens = min(burst, self._tokens + (now - self._tokens_at) * rate)
-            self._tokens_at = now
-            if self._tokens >= 1.0:
-                self._tokens -= 1.0
-                return 0.0
-            return (1.0 - self._tokens) / rate
+            return self._bucket.take(rate, burst)
 
     def _job(self, job_id: str) -> FakeJob:
         job = self.jobs.get(job_id)

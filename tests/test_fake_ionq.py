@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import BELL3
 from tests.fake_ionq import (
     HISTOGRAM_V1,
     PROBABILITIES_V1,
@@ -24,14 +25,6 @@ from tests.fake_ionq import (
 )
 
 KEY = "secret-key"
-BELL = """OPENQASM 3.0;
-include "stdgates.inc";
-qubit[2] q;
-bit[2] c;
-h q[0];
-cx q[0], q[1];
-c = measure q;
-"""
 FIVE_BITS = """// a comment first
 OPENQASM 3;
 qubit[3] q;
@@ -70,7 +63,7 @@ def client(fake: FakeIonQ) -> Iterator[httpx.Client]:
 
 def body(**over: Any) -> dict[str, Any]:
     b: dict[str, Any] = {"type": "ionq.qasm3.v1", "backend": "simulator", "shots": 1000,
-                         "input": {"data": BELL}}
+                         "input": {"data": BELL3}}
     b.update(over)
     return b
 
@@ -125,7 +118,7 @@ def test_create_then_get(client, fake):
     assert fake.job_json(created["id"])["id"] == created["id"]
     # defaults: 100 shots, no name/metadata; qpu backends carry no noise
     jid = client.post("/jobs", json={"type": "ionq.qasm3.v1", "backend": "qpu.forte-1",
-                                     "input": {"data": BELL}}).json()["id"]
+                                     "input": {"data": BELL3}}).json()["id"]
     job = client.get(f"/jobs/{jid}").json()
     assert set(job) == JOB_FIELDS
     assert job["shots"] == 100 and job["name"] is None and job["metadata"] is None
@@ -275,7 +268,7 @@ def test_auth(fake):
     {"type": "ionq.multi-circuit.v1"},
     {"input": {"data": 'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[1];'}},
     {"input": {"data": "qubit q;"}},
-    {"input": {"data": BELL, "format": "qasm"}},
+    {"input": {"data": BELL3, "format": "qasm"}},
     {"input": "OPENQASM 3;"},
     {"shots": 0},
     {"shots": 1_000_001},

@@ -7,31 +7,23 @@ the fake runs in a thread with its own event loop and speaks IonQ's v0.4 wire fo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
-import anyio
-import httpx
 import pytest
 
 from backends.ionq import IonQBackend
-from daemon import logs
-from daemon.api import Context, create_app
-from daemon.config import parse_config
-from daemon.notify import BatchChanges
-from daemon.scheduler import Scheduler
 from store.models import CircuitRecord, NewBatch
 from store.states import JobState
 from store.store import Store
+from tests.backend_daemon import Harness, backend_daemon
 from tests.conftest import BELL2, BELL3, count_rows, eventually
 from tests.fake_ionq import FakeIonQ
 
 KEY = "sk-test-7f3a9c2e11d04b"
-TERMINAL = {"completed", "failed", "canceled", "timed_out"}
 GHZ3 = BELL3.replace("qubit[2] q;", "qubit[3] q;").replace("bit[2] c;", "bit[3] c;") \
     .replace("c = measure q;", "cx q[1], q[2];\nc = measure q;")
 
@@ -42,55 +34,11 @@ def fake() -> Iterator[FakeIonQ]:
         yield f
 
 
-@dataclass
-class Harness:
-    store: Store
-    scheduler: Scheduler
-    backend: IonQBackend
-    client: httpx.AsyncClient
-    db: Path
-
-    async def submit(self, circuits: dict[str, str], **fields: object) -> dict:
-        r = await self.client.post("/v1/batches", json={"backend": "ionq", "circuits": circuits,
-                                                         "shots": 200, **fields})
-        assert r.status_code == 201, r.text
-        return r.json()
-
-    async def wait(self, batch_id: str, limit: float = 30) -> dict:
-        with anyio.fail_after(limit):
-            while True:
-                r = await self.client.get(f"/v1/batches/{batch_id}/wait",
-                                          params={"timeout": 5})
-                if r.json()["state"] in TERMINAL:
-                    return r.json()
-
-
-@contextlib.asynccontextmanager
-async def daemon(fake: FakeIonQ, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *,
-                 rps: float = 0.0, db: Path | None = None) -> AsyncIterator[Harness]:
-    monkeypatch.setenv("IONQ_API_KEY", KEY)
-    config = parse_config({
-        "polling": {"initial_interval": 0.05, "max_interval": 0.2, "jitter": 0.1},
-        "backends": {"ionq": {"type": "ionq", "base_url": fake.base_url,
-                              "requests_per_second": rps}}})
-    db = db or tmp_path / "q.sqlite3"
-    store = await Store.open(db)
-    backend = IonQBackend("ionq", config.backends["ionq"].options)
-    logs.add_secrets(backend.secrets())
-    await backend.start()
-    changes = BatchChanges()
-    scheduler = Scheduler(store, {"ionq": backend}, config.backends, changes)
-    task = asyncio.create_task(scheduler.run())
-    app = create_app(Context(config, store, {"ionq": backend}, scheduler, changes))
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://q")
-    try:
-        yield Harness(store, scheduler, backend, client, db)
-    finally:
-        await client.aclose()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await backend.aclose()
-        await store.close()
+def daemon(fake: FakeIonQ, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *,
+           rps: float = 0.0, db: Path | None = None
+           ) -> AbstractAsyncContextManager[Harness[IonQBackend]]:
+    return backend_daemon(IonQBackend, "ionq", fake.base_url, KEY, tmp_path, monkeypatch,
+                          shots=200, wait_limit=30, wait_poll=5, rps=rps, db=db)
 
 
 def files_contain(db: Path, text: str) -> bool:
@@ -99,18 +47,12 @@ def files_contain(db: Path, text: str) -> bool:
                for p in (db, Path(f"{db}-wal")) if p.exists())
 
 
-async def results_of(h: Harness, batch_id: str) -> dict:
-    r = await h.client.get(f"/v1/batches/{batch_id}/results")
-    assert r.status_code == 200, r.text
-    return r.json()["results"]
-
-
 async def test_every_label_gets_the_counts_the_provider_planted(fake, tmp_path, monkeypatch):
     async with daemon(fake, tmp_path, monkeypatch) as h:
         batch = await h.submit({"bell2": BELL2, "bell3": BELL3, "ghz": GHZ3})
         done = await h.wait(batch["id"])
         assert done["state"] == "completed"
-        results = await results_of(h, batch["id"])
+        results = await h.results(batch["id"])
     for job in done["jobs"]:
         (label,) = job["labels"]
         width = 3 if label == "ghz" else 2

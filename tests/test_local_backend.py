@@ -14,30 +14,7 @@ from backends.base import Circuit, RemoteState, SubmitRequest
 from backends.errors import Rejected
 from backends.local import LocalBackend
 from backends.qasm import parse_circuit
-
-BELL = """\
-OPENQASM 3.0;
-include "stdgates.inc";
-qubit[2] q;
-bit[2] c;
-h q[0];
-cx q[0], q[1];
-c = measure q;
-"""
-
-GHZ_TWO_REGISTERS = """\
-OPENQASM 2.0;
-include "qelib1.inc";
-qreg q[3];
-creg a[1];
-creg b[2];
-h q[0];
-cx q[0],q[1];
-cx q[1],q[2];
-measure q[0] -> a[0];
-measure q[1] -> b[0];
-measure q[2] -> b[1];
-"""
+from tests.conftest import BELL3, GHZ2
 
 X_ON_QUBIT_0 = """\
 OPENQASM 2.0;
@@ -132,13 +109,13 @@ async def one_worker() -> AsyncIterator[LocalBackend]:
 
 
 async def test_bell_counts_are_only_00_and_11_and_sum_to_the_shots(backend: LocalBackend) -> None:
-    counts = await run_to_counts(backend, circuit("bell", BELL), 2000)
+    counts = await run_to_counts(backend, circuit("bell", BELL3), 2000)
     assert set(counts) == {"00", "11"}
     assert sum(counts.values()) == 2000
 
 
 async def test_two_registers_give_one_key_without_spaces(backend: LocalBackend) -> None:
-    counts = await run_to_counts(backend, circuit("ghz", GHZ_TWO_REGISTERS), 500)
+    counts = await run_to_counts(backend, circuit("ghz", GHZ2), 500)
     assert set(counts) == {"000", "111"}
     assert sum(counts.values()) == 500
 
@@ -148,14 +125,14 @@ async def test_keys_are_in_qiskit_order_highest_clbit_leftmost(backend: LocalBac
 
 
 async def test_the_same_seed_gives_the_same_counts(backend: LocalBackend) -> None:
-    bell = circuit("bell", BELL)
+    bell = circuit("bell", BELL3)
     first = await run_to_counts(backend, bell, 1000, seed_simulator=7, method="statevector")
     second = await run_to_counts(backend, bell, 1000, seed_simulator=7, method="statevector")
     assert first == second
 
 
 async def test_a_job_is_queued_then_completes(backend: LocalBackend) -> None:
-    remote_id = await backend.submit(request(circuit("bell", BELL)))
+    remote_id = await backend.submit(request(circuit("bell", BELL3)))
     first = (await backend.status([remote_id]))[remote_id]
     assert first.state in (RemoteState.QUEUED, RemoteState.RUNNING)
     assert first.raw == first.state.value
@@ -163,10 +140,10 @@ async def test_a_job_is_queued_then_completes(backend: LocalBackend) -> None:
 
 
 async def test_unknown_ids_are_absent_from_status(backend: LocalBackend) -> None:
-    remote_id = await backend.submit(request(circuit("bell", BELL)))
+    remote_id = await backend.submit(request(circuit("bell", BELL3)))
     assert set(await backend.status([remote_id, "no-such-job"])) == {remote_id}
     with pytest.raises(Rejected):
-        await backend.results("no-such-job", [circuit("bell", BELL)])
+        await backend.results("no-such-job", [circuit("bell", BELL3)])
 
 
 async def test_a_simulation_that_fails_reports_failed_with_the_error(
@@ -190,7 +167,7 @@ async def test_a_canceled_queued_job_never_runs_and_cancel_is_idempotent(
 ) -> None:
     slow = await one_worker.submit(request(circuit("slow", SLOW)))
     await wait_for(one_worker, slow, {RemoteState.RUNNING})
-    queued = await one_worker.submit(request(circuit("bell", BELL)))
+    queued = await one_worker.submit(request(circuit("bell", BELL3)))
     assert (await one_worker.status([queued]))[queued].state is RemoteState.QUEUED
 
     await one_worker.cancel([queued])
@@ -199,11 +176,11 @@ async def test_a_canceled_queued_job_never_runs_and_cancel_is_idempotent(
 
     # Free the worker; the job queued after the canceled one runs, the canceled one never.
     await one_worker.cancel([slow])
-    after = await one_worker.submit(request(circuit("bell", BELL)))
+    after = await one_worker.submit(request(circuit("bell", BELL3)))
     await wait_for(one_worker, after, {RemoteState.COMPLETED})
     assert (await one_worker.status([queued]))[queued].state is RemoteState.CANCELED
     with pytest.raises(Rejected):
-        await one_worker.results(queued, [circuit("bell", BELL)])
+        await one_worker.results(queued, [circuit("bell", BELL3)])
 
 
 async def test_canceling_a_running_job_stops_its_worker_which_is_replaced(
@@ -217,7 +194,7 @@ async def test_canceling_a_running_job_stops_its_worker_which_is_replaced(
     assert (await one_worker.status([slow]))[slow].state is RemoteState.CANCELED
     await one_worker.cancel([slow])
 
-    counts = await run_to_counts(one_worker, circuit("bell", BELL), 100)
+    counts = await run_to_counts(one_worker, circuit("bell", BELL3), 100)
     assert sum(counts.values()) == 100
     assert (await one_worker.status([slow]))[slow].state is RemoteState.CANCELED
     [replacement] = worker_processes()
@@ -239,7 +216,7 @@ async def test_a_worker_that_dies_mid_job_fails_the_job_and_is_replaced(
     error = (await one_worker.status([slow]))[slow].error
     assert error is not None
     assert "SIGKILL" in error
-    assert sum((await run_to_counts(one_worker, circuit("bell", BELL), 10)).values()) == 10
+    assert sum((await run_to_counts(one_worker, circuit("bell", BELL3), 10)).values()) == 10
 
 
 async def test_aclose_during_a_long_simulation_is_quick_and_leaves_no_processes() -> None:
@@ -264,11 +241,11 @@ async def test_circuits_wider_than_max_qubits_are_rejected() -> None:
     await backend.start()
     try:
         with pytest.raises(Rejected, match="at most 2"):
-            await backend.submit(request(circuit("ghz", GHZ_TWO_REGISTERS)))
+            await backend.submit(request(circuit("ghz", GHZ2)))
         with pytest.raises(Rejected, match="shots"):
-            await backend.submit(request(circuit("bell", BELL), shots=0))
+            await backend.submit(request(circuit("bell", BELL3), shots=0))
         with pytest.raises(Rejected, match="colour"):
-            await backend.submit(request(circuit("bell", BELL), colour="red"))
+            await backend.submit(request(circuit("bell", BELL3), colour="red"))
     finally:
         await backend.aclose()
 

@@ -7,41 +7,9 @@ import pickle
 import pytest
 
 from backends.qasm import NO_MEASUREMENT, ParsedCircuit, QasmError, convert, parse_circuit
+from tests.conftest import BELL2, BELL3, GHZ2
 
-BELL_2 = """\
-OPENQASM 2.0;
-include "qelib1.inc";
-qreg q[2];
-creg c[2];
-h q[0];
-cx q[0],q[1];
-measure q -> c;
-"""
-
-BELL_3 = """\
-OPENQASM 3.0;
-include "stdgates.inc";
-qubit[2] q;
-bit[2] c;
-h q[0];
-cx q[0], q[1];
-c = measure q;
-"""
-
-GHZ_2 = """\
-// a comment before the header
-OPENQASM 2.0;
-include "qelib1.inc";
-qreg q[3];
-creg a[1];
-creg b[2];
-h q[0];
-cx q[0],q[1];
-cx q[1],q[2];
-measure q[0] -> a[0];
-measure q[1] -> b[0];
-measure q[2] -> b[1];
-"""
+GHZ_2 = "// a comment before the header\n" + GHZ2
 
 GHZ_3 = """\
 OPENQASM 3.0;
@@ -80,7 +48,7 @@ def _location(error: QasmError) -> tuple[int | None, int | None]:
 
 @pytest.mark.parametrize(
     ("source", "version", "qubits", "clbits"),
-    [(BELL_2, 2, 2, 2), (BELL_3, 3, 2, 2), (GHZ_2, 2, 3, 3), (GHZ_3, 3, 3, 3)],
+    [(BELL2, 2, 2, 2), (BELL3, 3, 2, 2), (GHZ_2, 2, 3, 3), (GHZ_3, 3, 3, 3)],
     ids=["bell-v2", "bell-v3", "ghz-v2", "ghz-v3"],
 )
 def test_valid_circuits_parse_with_their_widths(
@@ -91,43 +59,43 @@ def test_valid_circuits_parse_with_their_widths(
 
 
 def test_the_same_source_is_reported_under_each_label() -> None:
-    assert parse_circuit("a", BELL_3).label == "a"
-    assert parse_circuit("b", BELL_3).label == "b"
-    broken = BELL_3.replace("h q[0];", "h q[0]")
+    assert parse_circuit("a", BELL3).label == "a"
+    assert parse_circuit("b", BELL3).label == "b"
+    broken = BELL3.replace("h q[0];", "h q[0]")
     assert _error(broken, "a").label == "a"
     assert str(_error(broken, "b")).startswith("circuit 'b', line 6")
 
 
 def test_a_source_without_header_is_openqasm_3() -> None:
-    source = BELL_3.removeprefix("OPENQASM 3.0;\n")
+    source = BELL3.removeprefix("OPENQASM 3.0;\n")
     assert parse_circuit("c", source).qasm_version == 3
 
 
 def test_openqasm_3_minor_versions_are_accepted() -> None:
-    assert parse_circuit("c", BELL_3.replace("3.0", "3.1", 1)).qasm_version == 3
-    assert parse_circuit("c", BELL_3.replace("3.0", "3", 1)).qasm_version == 3
+    assert parse_circuit("c", BELL3.replace("3.0", "3.1", 1)).qasm_version == 3
+    assert parse_circuit("c", BELL3.replace("3.0", "3", 1)).qasm_version == 3
 
 
 def test_v2_syntax_error_reports_1_based_line_and_column() -> None:
-    error = _error(BELL_2.replace("measure q -> c;", "measure q -> ;"), "bell")
+    error = _error(BELL2.replace("measure q -> c;", "measure q -> ;"), "bell")
     assert _location(error) == (7, 14)
     assert "classical argument" in error.reason
     assert str(error).startswith("circuit 'bell', line 7, column 14: ")
 
 
 def test_v2_missing_semicolon_is_reported_where_the_next_statement_starts() -> None:
-    error = _error(BELL_2.replace("h q[0];", "h q[0]"))
+    error = _error(BELL2.replace("h q[0];", "h q[0]"))
     assert _location(error) == (6, 1)
 
 
 def test_v3_parser_error_reports_1_based_line_and_column() -> None:
-    error = _error(BELL_3.replace("h q[0];", "h q[0]"))
+    error = _error(BELL3.replace("h q[0];", "h q[0]"))
     assert _location(error) == (6, 1)
     assert "missing ';'" in error.reason
 
 
 def test_v3_lexer_error_reports_1_based_line_and_column() -> None:
-    error = _error(BELL_3.replace("cx q[0], q[1];", "  cx q[0], q[1] $;"))
+    error = _error(BELL3.replace("cx q[0], q[1];", "  cx q[0], q[1] $;"))
     assert _location(error) == (6, 17)
     assert "token recognition error" in error.reason
 
@@ -140,8 +108,8 @@ def test_v3_error_inside_a_block_is_located() -> None:
 @pytest.mark.parametrize(
     ("source", "location"),
     [
-        (BELL_2.replace("h q[0];", "  foo q[0];"), (5, 3)),
-        (BELL_3.replace("h q[0];", "   foo q[0];"), (5, 4)),
+        (BELL2.replace("h q[0];", "  foo q[0];"), (5, 3)),
+        (BELL3.replace("h q[0];", "   foo q[0];"), (5, 4)),
     ],
     ids=["v2", "v3"],
 )
@@ -152,19 +120,19 @@ def test_undefined_gate_is_located(source: str, location: tuple[int, int]) -> No
 
 
 def test_v3_undefined_register_column_is_a_column_not_a_file_offset() -> None:
-    error = _error(BELL_3.replace("h q[0];", "h   r[0];"))
+    error = _error(BELL3.replace("h q[0];", "h   r[0];"))
     assert _location(error) == (5, 5)
     assert "'r'" in error.reason
 
 
 def test_v2_out_of_range_index_is_located() -> None:
-    error = _error(BELL_2.replace("h q[0];", "h q[5];"))
+    error = _error(BELL2.replace("h q[0];", "h q[5];"))
     assert _location(error) == (5, 5)
     assert "out-of-range" in error.reason
 
 
 def test_v3_out_of_range_index_is_located_at_its_statement() -> None:
-    error = _error(BELL_3.replace("h q[0];", "h q[0];\n  x q[5];"))
+    error = _error(BELL3.replace("h q[0];", "h q[0];\n  x q[5];"))
     assert error.reason == "IndexError: index out of range"
     assert _location(error) == (6, 3)
 
@@ -182,7 +150,7 @@ def test_unsupported_version_is_refused_at_the_version(
 
 
 def test_openqasm_2_1_is_refused_by_the_v2_parser() -> None:
-    error = _error(BELL_2.replace("2.0", "2.1", 1))
+    error = _error(BELL2.replace("2.0", "2.1", 1))
     assert _location(error) == (1, 10)
 
 
@@ -200,8 +168,8 @@ def test_a_comment_only_source_is_refused() -> None:
 @pytest.mark.parametrize(
     "source",
     [
-        BELL_3.replace("c = measure q;\n", ""),
-        BELL_2.replace("creg c[2];\n", "").replace("measure q -> c;\n", ""),
+        BELL3.replace("c = measure q;\n", ""),
+        BELL2.replace("creg c[2];\n", "").replace("measure q -> c;\n", ""),
         "OPENQASM 3.0;\nbit[2] c;\n",
     ],
     ids=["v3-unmeasured", "v2-no-clbits", "no-qubits"],
@@ -218,12 +186,12 @@ def test_a_measurement_inside_control_flow_counts() -> None:
 
 
 def test_unbound_input_parameters_are_refused() -> None:
-    source = BELL_3.replace("h q[0];", "input float theta;\nrx(theta) q[0];")
+    source = BELL3.replace("h q[0];", "input float theta;\nrx(theta) q[0];")
     assert "unbound parameters: theta" in _error(source).reason
 
 
 def test_v2_includes_cannot_read_the_daemons_files() -> None:
-    error = _error(BELL_2.replace("qelib1.inc", "/etc/passwd"))
+    error = _error(BELL2.replace("qelib1.inc", "/etc/passwd"))
     assert "unable to find '/etc/passwd'" in error.reason
 
 
@@ -236,13 +204,13 @@ def test_error_serialises_for_the_api_and_across_processes() -> None:
     assert (copy.label, copy.reason, copy.line, copy.column) == ("bell", "bad", 6, 9)
 
 
-@pytest.mark.parametrize("source", [BELL_3, GHZ_2, FEED_FORWARD_3])
+@pytest.mark.parametrize("source", [BELL3, GHZ_2, FEED_FORWARD_3])
 def test_a_source_in_an_accepted_version_is_sent_unchanged(source: str) -> None:
     parsed = parse_circuit("c", source)
     assert convert(parsed, frozenset({parsed.qasm_version})) is source
 
 
-@pytest.mark.parametrize(("source", "target"), [(BELL_3, 2), (GHZ_3, 2), (BELL_2, 3), (GHZ_2, 3)])
+@pytest.mark.parametrize(("source", "target"), [(BELL3, 2), (GHZ_3, 2), (BELL2, 3), (GHZ_2, 3)])
 def test_conversion_round_trips(source: str, target: int) -> None:
     parsed = parse_circuit("c", source)
     converted = convert(parsed, frozenset({target}))

@@ -7,35 +7,25 @@ two-phase upload in fragments, status, paged resultsV2 with plain and QH histogr
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx
 import pytest
 
 from backends.base import Circuit, SubmitRequest
 from backends.errors import ProtocolError, Rejected
 from backends.qoro import MAX_FRAGMENT_BYTES, QoroBackend, histogram_counts, pack_fragments
-from daemon import logs
-from daemon.api import Context, create_app
-from daemon.config import parse_config
-from daemon.notify import BatchChanges
-from daemon.scheduler import Scheduler
-from store.store import Store
+from tests.backend_daemon import Harness, backend_daemon
 from tests.conftest import BELL2, BELL3, count_rows, eventually
 from tests.fake_qoro import MAX_BODY_BYTES, FakeQoro, qh_envelope
 
 KEY = "qoro-sk-4d1c9e07aa52f3"
-TERMINAL = {"completed", "failed", "canceled", "timed_out"}
-FAST = {"initial_interval": 0.05, "max_interval": 0.2, "jitter": 0.1}
 WIDE70 = ('OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[70];\ncreg c[70];\n'
           "h q[0];\ncx q[0],q[69];\nmeasure q -> c;\n")
 WIDE130_QASM3 = ('OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[130] q;\nbit[130] c;\n'
@@ -67,69 +57,14 @@ def fake(fake_server: FakeQoro) -> FakeQoro:
     return fake_server
 
 
-@dataclass
-class Harness:
-    store: Store
-    scheduler: Scheduler
-    backend: QoroBackend
-    client: httpx.AsyncClient
-    db: Path
-
-    async def submit(self, circuits: dict[str, str], **fields: Any) -> dict:
-        r = await self.client.post("/v1/batches", json={"backend": "qoro", "circuits": circuits,
-                                                         "shots": 500, **fields})
-        assert r.status_code == 201, r.text
-        return r.json()
-
-    async def wait(self, batch_id: str, limit: float = 20) -> dict:
-        with anyio.fail_after(limit):
-            while True:
-                # short long-polls: /wait can miss a change that lands between its read of
-                # the batch and its subscription (reported), which would cost a whole timeout
-                r = await self.client.get(f"/v1/batches/{batch_id}/wait", params={"timeout": 1})
-                if r.json()["state"] in TERMINAL:
-                    return r.json()
-
-    async def job(self, batch_id: str) -> Any:
-        return (await self.store.get_batch(batch_id)).jobs[0]
-
-    async def results(self, batch_id: str) -> dict:
-        r = await self.client.get(f"/v1/batches/{batch_id}/results")
-        assert r.status_code == 200, r.text
-        return r.json()["results"]
-
-    async def reasons(self, batch_id: str) -> list[str]:
-        return [json.dumps(e.detail) for e in await self.store.events(batch_id=batch_id)]
-
-
-@contextlib.asynccontextmanager
-async def daemon(fake: FakeQoro, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *,
-                 db: Path | None = None, polling: dict | None = None, rps: float = 0.0,
-                 **settings: Any) -> AsyncIterator[Harness]:
-    monkeypatch.setenv("QORO_API_KEY", KEY)
-    config = parse_config({
-        "polling": polling or FAST,
-        "backends": {"qoro": {"type": "qoro", "base_url": fake.base_url,
-                              "requests_per_second": rps, **settings}}})
-    db = db or tmp_path / "q.sqlite3"
-    store = await Store.open(db)
-    backend = QoroBackend("qoro", config.backends["qoro"].options)
-    logs.add_secrets(backend.secrets())
-    await backend.start()
-    changes = BatchChanges()
-    scheduler = Scheduler(store, {"qoro": backend}, config.backends, changes)
-    task = asyncio.create_task(scheduler.run())
-    app = create_app(Context(config, store, {"qoro": backend}, scheduler, changes))
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://q")
-    try:
-        yield Harness(store, scheduler, backend, client, db)
-    finally:
-        # also the "crash": the engine stops wherever it is, requests in flight included
-        await client.aclose()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await backend.aclose()
-        await store.close()
+def daemon(fake: FakeQoro, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *,
+           db: Path | None = None, polling: dict | None = None, rps: float = 0.0,
+           **settings: Any) -> AbstractAsyncContextManager[Harness[QoroBackend]]:
+    # short long-polls: /wait can miss a change that lands between its read of the batch
+    # and its subscription (reported), which would cost a whole timeout
+    return backend_daemon(QoroBackend, "qoro", fake.base_url, KEY, tmp_path, monkeypatch,
+                          shots=500, wait_limit=20, wait_poll=1, db=db, polling=polling,
+                          rps=rps, **settings)
 
 
 def assert_counts_as_planted(fake: FakeQoro, done: dict, results: dict) -> None:
