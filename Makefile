@@ -34,12 +34,26 @@ clean:
 	rm -rf $(VENV) build *.egg-info
 
 ## bench: qjobd against IonQ's own polling helper on the fake IonQ at N = 1,000 and 10,000
-## (about 12 minutes on 2 cores); prints the figures and rewrites docs/benchmarks.md's table
+## and 100 (about 13 minutes on 2 cores); prints the figures, rewrites docs/benchmarks.md's
+## table and draws docs/benchmarks.png
 .PHONY: bench
-BENCH_ARGS ?= --n 1000,10000 --scale 20 --side-timeout 300
+BENCH_ARGS ?= --n 100,1000,10000 --scale 20 --side-timeout 300
 bench: $(VENV)/.bench-installed
 	$(BIN)/python -m bench.ionq_bench $(BENCH_ARGS) --doc docs/benchmarks.md
+	$(BIN)/python -m bench.plot
 
 $(VENV)/.bench-installed: pyproject.toml $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	touch $@
+
+## bench-scale: 100,000 in-flight jobs, a restart, submission rates and CPU per poll against
+## the fake IonQ (about 4 minutes on 2 cores), then store growth under retention; prints
+## each figure with its target and ratio, writes bench/results/scale_bench.json and the
+## "Scale" section of docs/benchmarks.md. SCALE_ARGS=--quick for a look; PROFILE=1 runs
+## the daemon under py-spy (speedscope files in bench/results/profiles/).
+.PHONY: bench-scale
+SCALE_ARGS ?=
+bench-scale: $(VENV)/.bench-installed
+	$(BIN)/python -m bench.scale_bench $(SCALE_ARGS) --doc docs/benchmarks.md \
+		$(if $(PROFILE),--profile bench/results/profiles)
+	$(BIN)/python -m bench.store_growth --json bench/results/store_growth.json

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from backends.base import Backend
-from daemon import validation, views
+from daemon import metrics, validation, views
 from daemon.config import Config
 from daemon.notify import BatchChanges
 from daemon.peer import Peer
@@ -73,6 +73,7 @@ def create_app(ctx: Context) -> Starlette:
         Route("/v1/batches/{id}/wait", api.wait, methods=["GET"]),
         Route("/v1/events", api.events, methods=["GET"]),
         Route("/v1/health", api.health, methods=["GET"]),
+        Route("/metrics", api.metrics, methods=["GET"]),
     ]
     # store errors get their own handler: the catch-all for Exception answers, then
     # re-raises (Starlette's ServerErrorMiddleware), which would log a 507 as a crash
@@ -141,7 +142,7 @@ class _Api:
             self.ctx.changes.notify(batch.id)
             log.info("batch accepted", batch_id=batch.id, backend=batch.backend,
                      circuits=len(records), jobs=len(batch.jobs), owner=peer.uid)
-        return JSONResponse(views.batch_view(batch), status_code=201 if created else 200)
+        return JSONResponse(self._view(batch), status_code=201 if created else 200)
 
     async def list(self, request: Request) -> Response:
         peer = _peer(request)
@@ -157,12 +158,12 @@ class _Api:
         batches, next_seq = await self.ctx.store.list_batches(
             owner_uid=None if peer.admin else peer.uid, state=state,
             backend=q.get("backend") or None, limit=limit, before_seq=before)
-        return JSONResponse({"batches": [views.batch_view(b) for b in batches],
+        return JSONResponse({"batches": [self._view(b) for b in batches],
                              "next_cursor": None if next_seq is None else str(next_seq)})
 
     async def show(self, request: Request) -> Response:
         batch = await self._batch(request)
-        return JSONResponse(views.batch_view(batch))
+        return JSONResponse(self._view(batch))
 
     async def results(self, request: Request) -> Response:
         batch = await self._batch(request, with_jobs=False)
@@ -176,26 +177,33 @@ class _Api:
     async def cancel(self, request: Request) -> Response:
         batch = await self._batch(request)
         if batch.state.terminal:
-            return JSONResponse(views.batch_view(batch), status_code=200)
+            return JSONResponse(self._view(batch), status_code=200)
         await self.ctx.store.request_cancel(batch.id)
         self.ctx.scheduler.cancel(batch)
         self.ctx.changes.notify(batch.id)
         log.info("cancel requested", batch_id=batch.id, backend=batch.backend)
         batch = await self.ctx.store.get_batch(batch.id)
-        return JSONResponse(views.batch_view(batch), status_code=202)
+        return JSONResponse(self._view(batch), status_code=202)
 
     async def wait(self, request: Request) -> Response:
         seconds = _float_param(request.query_params.get("timeout"), "timeout", 30.0, 0, MAX_WAIT)
-        batch = await self._batch(request, with_jobs=False)
+        changes = self.ctx.changes
+        changed = changes.watch(request.path_params["id"])  # before the read: no gap
+        try:
+            batch = await self._batch(request, with_jobs=False)
+        except Exception:
+            changes.unwatch(request.path_params["id"], changed)
+            raise
         deadline = time.monotonic() + seconds
-        while not batch.state.terminal and not self.ctx.changes.closed:
+        while not batch.state.terminal and not changes.closed:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            await self.ctx.changes.wait(batch.id, left)
+            await changes.wait_on(changed, left)
+            changed = changes.watch(batch.id)
             batch = await self.ctx.store.get_batch(batch.id, with_jobs=False)
         batch = await self.ctx.store.get_batch(batch.id)
-        return JSONResponse(views.batch_view(batch))
+        return JSONResponse(self._view(batch))
 
     async def events(self, request: Request) -> Response:
         """State changes as newline-delimited JSON, from ``since``; ``follow=1`` keeps streaming.
@@ -252,6 +260,15 @@ class _Api:
             "backends": {name: runner.health()
                          for name, runner in self.ctx.scheduler.runners.items()},
         })
+
+    async def metrics(self, request: Request) -> Response:
+        """Prometheus text format (daemon/metrics.py)."""
+        body = await metrics.exposition(self.ctx, version=VERSION)
+        return Response(body, media_type=metrics.CONTENT_TYPE)
+
+    def _view(self, batch: Batch) -> dict[str, Any]:
+        # a job's next poll as the engine has it (the store's may be older: runner._later)
+        return views.batch_view(batch, self.ctx.scheduler.next_poll_at)
 
     async def _batch(self, request: Request, *, with_jobs: bool = True) -> Batch:
         batch_id = request.path_params["id"]

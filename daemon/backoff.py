@@ -30,6 +30,10 @@ class Backoff:
         grown = min(self._step_of(previous) * p.backoff_factor, p.max_interval)
         return self._jittered(grown)
 
+    def step_of(self, interval: float) -> float:
+        """The un-jittered schedule value nearest ``interval`` (1, 1.5, 2.25, ... 30 s)."""
+        return self._step_of(interval)
+
     def _step_of(self, interval: float) -> float:
         """The un-jittered schedule value nearest ``interval``."""
         p = self.policy

@@ -49,6 +49,10 @@ class DaemonConfig:
     #: largest accepted request body, bytes
     max_request_bytes: int = 64 * 1024 * 1024
     log_level: str = "info"
+    #: finished batches older than this many days are deleted; 0 keeps everything
+    retention_days: float = 0.0
+    #: seconds between two retention cleanups (the first runs at start)
+    retention_interval: float = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +137,8 @@ def parse_config(raw: Mapping[str, Any], *, source: str = "built-in defaults") -
     where = source
     _only_keys(raw, {"daemon", "polling", "backends"}, where, "top level")
     d = _table(raw, "daemon", where)
-    _only_keys(d, {"socket", "database", "socket_mode", "max_request_bytes", "log_level"},
-               where, "[daemon]")
+    _only_keys(d, {"socket", "database", "socket_mode", "max_request_bytes", "log_level",
+                   "retention_days", "retention_interval"}, where, "[daemon]")
     socket = os.environ.get("QJOBD_SOCKET") or _str(d, "socket", where, "[daemon]")
     database = os.environ.get("QJOBD_DATABASE") or _str(d, "database", where, "[daemon]")
     mode_text = _str(d, "socket_mode", where, "[daemon]") or "0660"
@@ -153,12 +157,22 @@ def parse_config(raw: Mapping[str, Any], *, source: str = "built-in defaults") -
     if log_level not in {"debug", "info", "warning", "error"}:
         raise ConfigError(f"{where}: [daemon] log_level: {log_level!r} is not one of "
                           "debug, info, warning, error")
+    retention_days = _num(d, "retention_days", where, "[daemon]", 0.0)
+    if retention_days < 0:
+        raise ConfigError(f"{where}: [daemon] retention_days: must be >= 0 days (0 keeps "
+                          f"every batch forever), got {retention_days!r}")
+    retention_interval = _num(d, "retention_interval", where, "[daemon]", 3600.0)
+    if retention_interval <= 0:
+        raise ConfigError(f"{where}: [daemon] retention_interval: must be > 0 seconds, "
+                          f"got {retention_interval!r}")
     daemon = DaemonConfig(
         socket=Path(socket) if socket else default_socket_path(),
         database=Path(database) if database else default_database_path(),
         socket_mode=mode,
         max_request_bytes=int(max_bytes),
         log_level=log_level,
+        retention_days=float(retention_days),
+        retention_interval=float(retention_interval),
     )
     polling = _polling(_table(raw, "polling", where), PollingConfig(), where, "[polling]")
     tables = _table(raw, "backends", where) or DEFAULT_BACKENDS

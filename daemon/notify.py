@@ -29,11 +29,31 @@ class BatchChanges:
         self._any.set()
         self._any = asyncio.Event()
 
+    def watch(self, batch_id: str) -> asyncio.Event:
+        """An event set at the batch's next change (or when the daemon stops).
+
+        Take it *before* reading the batch: a change between the read and the wait then
+        still wakes the waiter, instead of falling in the gap between the two.
+        """
+        if self.closed:
+            event = asyncio.Event()
+            event.set()
+            return event
+        return self._waiters.setdefault(batch_id, asyncio.Event())
+
+    def unwatch(self, batch_id: str, event: asyncio.Event) -> None:
+        """Drop an event from :meth:`watch` that no one will wait on (an unknown batch)."""
+        if self._waiters.get(batch_id) is event:
+            del self._waiters[batch_id]
+
     async def wait(self, batch_id: str, seconds: float) -> bool:
         """Wait until the batch changes or ``seconds`` pass; True if it changed."""
+        return await self.wait_on(self.watch(batch_id), seconds)
+
+    async def wait_on(self, event: asyncio.Event, seconds: float) -> bool:
+        """Wait for an event from :meth:`watch`, for at most ``seconds``."""
         if self.closed:
             return False
-        event = self._waiters.setdefault(batch_id, asyncio.Event())
         try:
             await asyncio.wait_for(event.wait(), seconds)
         except TimeoutError:

@@ -14,7 +14,7 @@ from daemon.backoff import Backoff
 from daemon.config import BackendConfig
 from daemon.notify import BatchChanges
 from daemon.runner import BackendRunner
-from store.models import Batch
+from store.models import Batch, Job
 from store.states import JobState
 from store.store import Store
 
@@ -33,10 +33,20 @@ class Scheduler:
         self._deadlines: list[tuple[float, str]] = []
         self._deadline_wake = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
+        #: set once every stored unfinished job is scheduled again (after a start)
+        self.resumed = asyncio.Event()
+        self.resumed_jobs = 0
+        self.resume_seconds: float | None = None
 
     async def run(self) -> None:
         """Resume stored work, then drive every backend until cancelled."""
+        started = time.monotonic()
         await self._resume()
+        self.resume_seconds = time.monotonic() - started
+        self.resumed_jobs = self.in_flight()
+        self.resumed.set()
+        log.info("every stored job scheduled", jobs=self.resumed_jobs,
+                 seconds=round(self.resume_seconds, 3))
         tasks = [asyncio.create_task(r.run(), name=f"runner-{n}") for n, r in self.runners.items()]
         tasks.append(asyncio.create_task(self._deadline_loop(), name="deadlines"))
         try:
@@ -59,6 +69,11 @@ class Scheduler:
 
     def in_flight(self) -> int:
         return sum(r.in_flight for r in self.runners.values())
+
+    def next_poll_at(self, job: Job) -> float | None:
+        """Wall time of the job's next poll as its engine has it now (None: not tracked)."""
+        runner = self.runners.get(job.backend)
+        return None if runner is None else runner.next_poll_at(job.id)
 
     async def reload(self, configs: Mapping[str, BackendConfig]) -> list[str]:
         """Apply new backend settings to the running engines (SIGHUP); no job stops.

@@ -35,6 +35,7 @@ from daemon.notify import BatchChanges
 from daemon.scheduler import Scheduler
 from daemon.server import SocketInUse, bind_socket, make_server
 from daemon.watchdog import Progress, Supervisor, status_line, supervising
+from store import retention
 from store.store import Store
 
 log = structlog.get_logger("qjobd")
@@ -102,6 +103,7 @@ class _Service:
         self.supervisor = Supervisor(interval=systemd.watchdog_interval())
         self.stop = asyncio.Event()
         self.reload_wanted = asyncio.Event()
+        self.retention_stats = retention.RetentionStats()
 
     def _on_stop(self) -> None:
         if not self.stop.is_set():
@@ -155,6 +157,8 @@ class _Service:
         stop_task = asyncio.create_task(self.stop.wait())
         ready_task = asyncio.create_task(server.ready.wait())
         reload_task: asyncio.Task[None] | None = None
+        retention_task: asyncio.Task[None] | None = None
+        resumed_task: asyncio.Task[None] | None = None
         failed: str | None = None
         try:
             await asyncio.wait({ready_task, server_task, stop_task},
@@ -168,6 +172,13 @@ class _Service:
                 sup.paused_status = False
                 reload_task = asyncio.create_task(self._reloads(ctx, scheduler),
                                                   name="reloads")
+                resumed_task = asyncio.create_task(_announce_resume(sup, scheduler, where),
+                                                   name="resumed")
+                # now and every interval; settings re-read each time (a reload applies)
+                retention_task = asyncio.create_task(retention.run_periodically(
+                    store, lambda: (self.config.daemon.retention_days,
+                                    self.config.daemon.retention_interval),
+                    self.retention_stats), name="retention")
                 done, _ = await asyncio.wait({stop_task, server_task, scheduler_task},
                                              return_when=asyncio.FIRST_COMPLETED)
                 for task in done - {stop_task}:
@@ -186,7 +197,8 @@ class _Service:
             server.should_exit = True
             with contextlib.suppress(Exception):
                 await server_task
-            tasks = [t for t in (scheduler_task, stop_task, ready_task, reload_task) if t]
+            tasks = [t for t in (scheduler_task, stop_task, ready_task, reload_task,
+                                 retention_task, resumed_task) if t]
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -238,6 +250,16 @@ class _Service:
         finally:
             sup.notify("READY=1")
             sup.paused_status = False
+
+
+async def _announce_resume(sup: Supervisor, scheduler: Scheduler, where: str) -> None:
+    """Say in STATUS= the moment every stored job is scheduled again (it may follow READY=1:
+    the socket accepts while a large store is still being read). The next status line,
+    a second later, is the usual one."""
+    await scheduler.resumed.wait()
+    if not sup.paused_status:
+        sup.say(f"resumed {scheduler.resumed_jobs} jobs in {scheduler.resume_seconds or 0:.2f} s; "
+                + status_line(scheduler, where))
 
 
 def _names(sockets: list[socket.socket]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pwd
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -25,7 +26,8 @@ def user_name(uid: int) -> str:
         return str(uid)
 
 
-def job_view(job: Job) -> dict[str, Any]:
+def job_view(job: Job, next_poll_at: float | None = None) -> dict[str, Any]:
+    """``next_poll_at``: the engine's live due time, else the stored one is shown."""
     return {
         "id": job.id,
         "remote_id": job.remote_id,
@@ -34,14 +36,16 @@ def job_view(job: Job) -> dict[str, Any]:
         "labels": list(job.labels),
         "error": job.error,
         "attempts": job.attempts,
-        "next_poll_at": None if job.state.terminal else rfc3339(job.next_poll_at),
+        "next_poll_at": None if job.state.terminal else rfc3339(
+            next_poll_at if next_poll_at is not None else job.next_poll_at),
         "created_at": rfc3339(job.created_at),
         "updated_at": rfc3339(job.updated_at),
         "finished_at": rfc3339(job.finished_at),
     }
 
 
-def batch_view(batch: Batch) -> dict[str, Any]:
+def batch_view(batch: Batch,
+               next_poll_at: Callable[[Job], float | None] | None = None) -> dict[str, Any]:
     return {
         "id": batch.id,
         "state": str(batch.state),
@@ -58,7 +62,8 @@ def batch_view(batch: Batch) -> dict[str, Any]:
         "updated_at": rfc3339(batch.updated_at),
         "finished_at": rfc3339(batch.finished_at),
         "error": batch.error,
-        "jobs": [job_view(j) for j in batch.jobs],
+        "jobs": [job_view(j, next_poll_at(j) if next_poll_at is not None else None)
+                 for j in batch.jobs],
     }
 
 

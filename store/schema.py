@@ -99,4 +99,9 @@ MIGRATIONS: list[str] = [
     INSERT INTO batch_job_counts (batch_id, state, n)
         SELECT batch_id, state, count(*) FROM jobs GROUP BY batch_id, state;
     """,
+    # 3: retention (store/retention.py) finds finished batches by age, oldest first,
+    #    without visiting the active ones: finished_at is set only on terminal batches
+    """
+    CREATE INDEX batches_finished ON batches (finished_at) WHERE finished_at IS NOT NULL;
+    """,
 ]

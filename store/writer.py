@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -50,6 +51,9 @@ class WriterStats:
     #: loop time of the last successful commit (for the watchdog and health)
     last_commit_at: float = 0.0
     largest_group: int = field(default=0)
+    #: wall seconds of the last committed group (its operations and the fsync), and in all
+    last_commit_seconds: float = 0.0
+    commit_seconds_total: float = 0.0
 
 
 @dataclass(slots=True)
@@ -138,6 +142,7 @@ class Writer:
         await self._done.wait()
 
     async def _commit(self, group: list[_Item[Any]]) -> None:
+        started = time.perf_counter()
         try:
             outcome = await run_on_connection_thread(
                 self._conn, lambda raw: _run_group(raw, group, retry=True))
@@ -157,6 +162,8 @@ class Writer:
             self.stats.operations += len(group)
             self.stats.largest_group = max(self.stats.largest_group, len(group))
             self.stats.last_commit_at = asyncio.get_running_loop().time()
+            self.stats.last_commit_seconds = time.perf_counter() - started
+            self.stats.commit_seconds_total += self.stats.last_commit_seconds
         for item in group:
             if item.future.done():
                 continue

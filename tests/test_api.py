@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import anyio
 import pytest
 
 from daemon.peer import Peer
-from tests.conftest import BELL2, BELL3, Daemon, count_rows
+from tests.conftest import BELL2, BELL3, Daemon, count_rows, eventually
 
 EMPTY = {"batches": 0, "jobs": 0, "circuits": 0, "results": 0, "events": 0}
 
@@ -264,3 +265,30 @@ async def test_health_reports_version_counts_and_backends(daemon: Daemon) -> Non
     assert sum(h["batches"].values()) == 1
     assert set(h["backends"]) == {"fake", "held"}
     assert h["backends"]["held"]["type"] == "scripted"
+
+
+async def test_wait_sees_a_change_that_lands_between_its_read_and_its_sleep(
+        daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> None:
+    b = await submit(daemon, {"backend": "held", "circuits": {"a": BELL2}})
+    real_get = daemon.store.get_batch
+    raced = False
+
+    async def get_batch(batch_id: str, *, with_jobs: bool = True) -> Any:
+        nonlocal raced
+        batch = await real_get(batch_id, with_jobs=with_jobs)
+        if not raced and not batch.state.terminal:
+            raced = True
+            # the batch ends (and its change is announced) after /wait has read it
+            r = await daemon.client.post(f"/v1/batches/{batch_id}/cancel")
+            assert r.status_code == 202
+
+            async def ended() -> bool:
+                return (await real_get(batch_id, with_jobs=False)).state.terminal
+            await eventually(ended)
+        return batch
+    monkeypatch.setattr(daemon.store, "get_batch", get_batch)
+    with anyio.fail_after(10):  # a missed change would hold /wait for its whole timeout
+        r = await daemon.client.get(f"/v1/batches/{b['id']}/wait", params={"timeout": 60})
+    assert raced
+    assert r.json()["state"] == "canceled"
+

@@ -22,6 +22,11 @@ async def lift_cap(d: Daemon) -> None:
 async def test_a_full_disk_rejects_submissions_with_507_and_recovers(daemon: Daemon) -> None:
     running = (await daemon.client.post("/v1/batches", json={
         "backend": "held", "circuits": {"a": BELL2}})).json()
+
+    async def submitted() -> bool:
+        got = await daemon.client.get(f"/v1/batches/{running['id']}")
+        return got.json()["jobs"][0]["state"] == "submitted"
+    await eventually(submitted)  # its own writes (and events) are done before counting
     before = count_rows(daemon.db)
     await cap_growth(daemon)
     big = {f"c{i}": BELL2 for i in range(300)}

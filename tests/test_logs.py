@@ -15,7 +15,7 @@ import structlog
 from daemon import logs
 
 SECRET = "sk-test-123456"
-NOISY = ("aiosqlite", "httpcore", "uvicorn.error", "uvicorn.access", "asyncio")
+NOISY = ("aiosqlite", "httpcore", "uvicorn.error", "uvicorn.access", "asyncio", "httpx")
 
 
 @pytest.fixture(autouse=True)
@@ -100,7 +100,7 @@ def test_registered_secrets_are_masked_in_messages_and_values(capsys):
     log = structlog.get_logger("qjobd.test")
 
     log.info(f"using key {SECRET} now", url=f"https://h/v1?key={SECRET}&x=1")
-    logging.getLogger("httpx").info("GET %s", f"https://h/v1?key={SECRET}")
+    logging.getLogger("httpx").warning("GET %s", f"https://h/v1?key={SECRET}")
 
     err = capsys.readouterr().err
     assert SECRET not in err
@@ -195,3 +195,14 @@ def test_short_or_empty_secrets_are_ignored(capsys):
     structlog.get_logger("qjobd.test").info("abcdef", n=1)
     (line,) = json_lines(capsys.readouterr().err)
     assert line["event"] == "abcdef"
+
+
+def test_httpx_lines_per_request_show_at_debug_only(capsys):
+    # one line per provider request: 130 a second with 100,000 jobs in flight
+    logs.configure("info", json_output=True)
+    logging.getLogger("httpx").info("HTTP Request: GET https://x/jobs 200 OK")
+    logging.getLogger("httpx").warning("kept")
+    logs.set_level("debug")  # what a SIGHUP with log_level = "debug" does
+    logging.getLogger("httpx").info("HTTP Request: shown")
+    assert [e["event"] for e in json_lines(capsys.readouterr().err)] == [
+        "kept", "HTTP Request: shown"]
