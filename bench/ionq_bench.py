@@ -34,7 +34,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -47,6 +46,7 @@ from typing import Any
 
 import httpx
 
+from tests.daemon_proc import accepts
 from tests.fake_ionq import FakeIonQProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -322,15 +322,6 @@ def qjobd_config(settings: Settings, root: Path, base_url: str) -> str:
     ])
 
 
-def _accepts(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
-        return True
-
-
 def run_qjobd(settings: Settings, circuits: Sequence[tuple[str, str]], workdir: Path,
               say: Callable[[str], None], profile: Path | None = None) -> Side:
     side = Side("qjobd", settings.n)
@@ -353,7 +344,7 @@ def run_qjobd(settings: Settings, circuits: Sequence[tuple[str, str]], workdir: 
                 proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdin=subprocess.DEVNULL,
                                         stdout=log, stderr=log)
             try:
-                while not _accepts(sock):
+                while not accepts(sock):
                     if proc.poll() is not None or time.monotonic() > deadline:
                         raise RuntimeError(f"qjobd did not start: {_tail(log_path)}")
                     time.sleep(0.02)

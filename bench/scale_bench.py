@@ -79,6 +79,7 @@ from bench.ionq_bench import (
     KEY_ENV,
     ROOT,
     _count_log_errors,
+    _div,
     _env,
     _no_nan,
     _tail,
@@ -86,6 +87,7 @@ from bench.ionq_bench import (
     make_circuits,
     percentile,
     proc_cpu,
+    render_text,
 )
 from daemon.histogram import quantile
 from daemon.runner import UNBUDGETED_RESUME_RATE
@@ -184,10 +186,6 @@ class Figure:
 
 def _nan(value: float) -> bool:
     return isinstance(value, float) and math.isnan(value)
-
-
-def _div(a: float, b: float) -> float:
-    return a / b if b else math.nan
 
 
 def figures_for(s: Settings) -> dict[str, Figure]:
@@ -831,17 +829,6 @@ def fill(figs: dict[str, Figure], report: dict[str, Any]) -> None:
                                        f"{sub['singles_latency_p50'] * 1000:.0f} ms, p99 "
                                        f"{sub['singles_latency_p99'] * 1000:.0f} ms")
         figs["c_acked_lost"].measured = sub["acked_missing"]
-
-
-def render_text(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = []
-    for j, r in enumerate(rows):
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                               for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip())
-        if j == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 HEADER = ["figure", "target", "measured", "ratio", "met"]

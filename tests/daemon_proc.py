@@ -27,6 +27,16 @@ def wait_until(predicate: Callable[[], object], limit: float, what: str) -> None
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def accepts(path: Path) -> bool:
+    """Whether something accepts connections on the Unix socket at ``path``."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+        return True
+
+
 class DaemonProcess:
     """One daemon's files (config, socket, database, log) and its current process."""
 
@@ -58,12 +68,7 @@ class DaemonProcess:
         raise AssertionError(f"qjobd did not become ready: {self.log.read_text()[-3000:]}")
 
     def accepts(self) -> bool:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            try:
-                probe.connect(str(self.socket))
-            except OSError:
-                return False
-            return True
+        return accepts(self.socket)
 
     def http(self, timeout: float = 30) -> httpx.Client:
         return httpx.Client(transport=httpx.HTTPTransport(uds=str(self.socket)),

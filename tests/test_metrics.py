@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 import re
 import sqlite3
@@ -15,12 +14,8 @@ import httpx
 import pytest
 
 from backends.ionq import IonQBackend
-from daemon import logs, metrics
-from daemon.api import Context, create_app
-from daemon.config import parse_config
-from daemon.notify import BatchChanges
-from daemon.scheduler import Scheduler
-from store.store import Store
+from daemon import metrics
+from tests.backend_daemon import backend_daemon
 from tests.conftest import BELL2, BELL3, Daemon, eventually
 from tests.fake_ionq import FakeIonQ
 
@@ -297,26 +292,13 @@ def fake_ionq() -> Iterator[FakeIonQ]:
 
 
 async def test_no_api_key_appears_in_the_metrics(fake_ionq, tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("IONQ_API_KEY", KEY)
     fake_ionq.configure(error_rate=0.3)  # errors too: their texts must stay out
-    config = parse_config({
-        "daemon": {"socket": str(tmp_path / "s.sock"), "database": str(tmp_path / "q.db")},
-        "polling": {"initial_interval": 0.05, "max_interval": 0.2, "jitter": 0.1},
-        "backends": {"ionq": {"type": "ionq", "base_url": fake_ionq.base_url,
-                              "requests_per_second": 50}}})
-    store = await Store.open(config.daemon.database)
-    backend = IonQBackend("ionq", config.backends["ionq"].options)
-    logs.add_secrets(backend.secrets())
-    await backend.start()
-    changes = BatchChanges()
-    scheduler = Scheduler(store, {"ionq": backend}, config.backends, changes)
-    task = asyncio.create_task(scheduler.run())
-    app = create_app(Context(config, store, {"ionq": backend}, scheduler, changes))
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://q")
-    try:
-        r = await client.post("/v1/batches", json={"backend": "ionq",
-                                                    "circuits": {"a": BELL3, "b": BELL3}})
-        assert r.status_code == 201, r.text
+    async with backend_daemon(IonQBackend, "ionq", fake_ionq.base_url, KEY, tmp_path,
+                              monkeypatch, shots=100, wait_limit=30, wait_poll=1.0,
+                              polling={"initial_interval": 0.05, "max_interval": 0.2,
+                                       "jitter": 0.1}, rps=50) as h:
+        client = h.client
+        await h.submit({"a": BELL3, "b": BELL3})
         latest: dict[str, Fam] = {}
 
         async def finished() -> bool:
@@ -330,9 +312,3 @@ async def test_no_api_key_appears_in_the_metrics(fake_ionq, tmp_path, monkeypatc
         assert latest["qjobd_backend_requests_total"].value(backend="ionq") > 0
         assert latest["qjobd_backend_requests_per_second"].value(backend="ionq") == 50
         assert KEY not in (await client.get("/metrics")).text
-    finally:
-        await client.aclose()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await backend.aclose()
-        await store.close()

@@ -30,6 +30,7 @@ import pytest
 
 from daemon.config import parse_config
 from tests.conftest import BELL2, short_tmpdir
+from tests.daemon_proc import accepts, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "systemd"
@@ -214,12 +215,7 @@ class NotifyListener:
                 continue
             message = data.decode()
             if self.accepted_at_ready is None and "READY=1" in message.split("\n"):
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-                    try:
-                        probe.connect(str(self._daemon_socket))
-                        self.accepted_at_ready = True
-                    except OSError:
-                        self.accepted_at_ready = False
+                self.accepted_at_ready = accepts(self._daemon_socket)
             self.messages.append((time.monotonic(), message))
 
     def close(self) -> None:
@@ -317,24 +313,6 @@ def listener(served: Served) -> Iterator[Callable[[str], NotifyListener]]:
     yield make
     for one in made:
         one.close()
-
-
-def accepts(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
-        return True
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_ready_once_accepting_then_watchdog_at_half_the_timeout_and_stopping_on_sigterm(
