@@ -110,6 +110,20 @@ class _PeerInjector:
 
 
 @pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    """A database file of the test's own (not created yet)."""
+    return tmp_path / "qjobd.sqlite3"
+
+
+@pytest.fixture
+async def store(db_path: Path) -> AsyncIterator[Store]:
+    """A real store on ``db_path``, closed after the test."""
+    s = await Store.open(db_path)
+    yield s
+    await s.close()
+
+
+@pytest.fixture
 async def daemon(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Daemon]:
     """The daemon in-process with scripted backends `fake` and `held`, and with the real
     `local` simulator for tests marked ``@pytest.mark.local`` (its workers take ~0.4 s)."""

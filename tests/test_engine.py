@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -53,13 +52,6 @@ async def batch_is(store: Store, batch_id: str, state: JobState) -> None:
     async def check() -> bool:
         return (await store.get_batch(batch_id, with_jobs=False)).state == state
     await eventually(check)
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(tmp_path / "q.sqlite3")
-    yield s
-    await s.close()
 
 
 async def test_jobs_run_to_completion_with_results_stored(store: Store) -> None:

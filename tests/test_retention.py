@@ -116,18 +116,6 @@ def pages(db: Path) -> tuple[int, int]:
         conn.close()
 
 
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "qjobd.sqlite3"
-
-
-@pytest.fixture
-async def store(db_path: Path):
-    s = await Store.open(db_path)
-    yield s
-    await s.close()
-
-
 # -- what goes and what stays ----------------------------------------------------------
 
 async def test_old_terminal_batches_go_with_every_row_and_nothing_else_moves(store, db_path):

@@ -7,9 +7,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,13 +26,6 @@ from tests.fakes import ScriptedBackend
 #: steps 0.01, 0.02, 0.04 (the cap), no jitter: every interval is a step
 POLLING = {"initial_interval": 0.01, "backoff_factor": 2.0, "max_interval": 0.04,
            "jitter": 0.0}
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(tmp_path / "q.sqlite3")
-    yield s
-    await s.close()
 
 
 def _scheduler(store: Store, backend: ScriptedBackend, polling: dict[str, Any],

@@ -114,18 +114,6 @@ class Gate:
         await self.task
 
 
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "qjobd.sqlite3"
-
-
-@pytest.fixture
-async def store(db_path: Path):
-    s = await Store.open(db_path)
-    yield s
-    await s.close()
-
-
 # -- opening -----------------------------------------------------------------------------
 
 async def test_open_creates_the_database_file_and_missing_directories(tmp_path):
