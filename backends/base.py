@@ -101,6 +101,9 @@ class RemoteStatus:
     raw: str
     #: why it failed, if it did (provider's code and message)
     error: str | None = None
+    #: seconds the provider predicts the job has left, if it says (never for a
+    #: terminal job); the engine may poll it less often meanwhile
+    eta: float | None = None
 
 
 #: counts keyed by bitstring, highest classical bit leftmost (Qiskit's order)

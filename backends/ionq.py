@@ -149,11 +149,12 @@ class IonQBackend(HttpBackend):
                 error = f"{failure.get('code', 'failed')}: {failure.get('message', '')}".strip()
             else:
                 error = str(failure)
+        eta = _eta(job) if state == RemoteState.QUEUED else None
         if state == RemoteState.COMPLETED:
             if len(self._completed) >= _COMPLETED_CACHE:  # results never asked for: forget
                 self._completed.pop(next(iter(self._completed)))
             self._completed[job["id"]] = job
-        return RemoteStatus(job["id"], state, raw, error)
+        return RemoteStatus(job["id"], state, raw, error, eta)
 
     async def results(self, remote_id: str, circuits: Sequence[Circuit]) -> dict[str, Counts]:
         if len(circuits) != 1:
@@ -278,6 +279,27 @@ def _probability_counts(payload: Any, width: int, shots: int) -> Counts:
     for key in sorted(exact, key=lambda k: exact[k] - counts[k], reverse=True)[:max(short, 0)]:
         counts[key] += 1
     return {k: v for k, v in counts.items() if v}
+
+
+def _eta(job: Mapping[str, Any]) -> float | None:
+    """Seconds IonQ predicts a queued job has left (its predicted wait plus its predicted
+    execution), or None if it does not say.
+
+    A started job gets none: its prediction would be ``started_at`` plus the predicted
+    execution, whose error does not shrink as the run goes on (a run predicted 30 %
+    too long still looks minutes from its end when it ends), whereas a queued job's
+    predicted wait shrinks toward its start.
+    """
+    wait = _millis(job.get("predicted_wait_time_ms"))
+    if wait is None:
+        return None
+    return wait + (_millis(job.get("predicted_execution_duration_ms")) or 0.0)
+
+
+def _millis(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        return None
+    return min(float(value) / 1000, 1e7)
 
 
 def _timestamp(value: Any) -> float | None:

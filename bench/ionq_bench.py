@@ -81,6 +81,9 @@ class Settings:
     #: circuits per qjobd batch (one POST /v1/batches each)
     batch_size: int = 1000
     jitter: float = 0.1
+    #: the fake's predicted wait/execution times: off, or per-job error e**N(0, this)
+    predictions: bool = True
+    prediction_error: float = 0.3
     #: a side that is not finished after this many wall seconds is stopped and reported
     side_timeout: float = 1800.0
 
@@ -195,7 +198,9 @@ def wait_child(proc: subprocess.Popen[bytes], deadline: float,
 
 
 def _fake(settings: Settings) -> FakeIonQProcess:
-    knobs = {"duration": list(settings.fake_duration), "api_key": API_KEY}
+    knobs = {"duration": list(settings.fake_duration), "api_key": API_KEY,
+             "predictions": settings.predictions,
+             "prediction_error": settings.prediction_error}
     return FakeIonQProcess(api_key=API_KEY, knobs=knobs, seed=settings.seed, cwd=ROOT)
 
 
@@ -311,6 +316,8 @@ def qjobd_config(settings: Settings, root: Path, base_url: str) -> str:
         "backoff_factor = 1.5",
         f"max_interval = {30.0 / k!r}",
         f"jitter = {settings.jitter!r}",
+        "prediction_trust = 0.5",
+        f"prediction_max_wait = {300.0 / k!r}",
         "",
         "[backends.ionq]",
         'type = "ionq"',
@@ -637,7 +644,9 @@ def heading(settings: Settings) -> str:
     lo, hi = settings.duration
     return (f"N = {settings.n:,}: K = {settings.scale:g}, job durations {lo:g}..{hi:g} s real "
             f"({lo / settings.scale:g}..{hi / settings.scale:g} s run), qjobd budget "
-            f"{settings.budget:g} requests/s real ({settings.budget * settings.scale:g} run)")
+            f"{settings.budget:g} requests/s real ({settings.budget * settings.scale:g} run), "
+            + (f"predicted times off by e**N(0, {settings.prediction_error:g})"
+               if settings.predictions else "no predicted times"))
 
 
 # --------------------------------------------------------------------------- machine, doc
@@ -741,6 +750,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=10.0,
                    help="qjobd's request budget, real requests/s (multiplied by K)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--prediction-error", type=float, default=0.3,
+                   help="the fake's predicted times are off by a per-job factor e**N(0, this)")
+    p.add_argument("--no-predictions", action="store_true",
+                   help="the fake predicts nothing (null predicted_* fields)")
     p.add_argument("--create-concurrency", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--side-timeout", type=float, default=1800.0,
@@ -766,7 +779,8 @@ def settings_list(args: argparse.Namespace) -> list[Settings]:
     lo, hi = _pairs(args.duration, float)
     return [Settings(n=n, scale=k, duration=(lo, hi), budget=args.budget, seed=args.seed,
                      create_concurrency=args.create_concurrency, batch_size=args.batch_size,
-                     side_timeout=args.side_timeout)
+                     side_timeout=args.side_timeout, predictions=not args.no_predictions,
+                     prediction_error=args.prediction_error)
             for n, k in zip(ns, scales, strict=True)]
 
 

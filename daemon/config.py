@@ -63,6 +63,11 @@ class PollingConfig:
     backoff_factor: float = 1.5
     max_interval: float = 30.0
     jitter: float = 0.1
+    #: when the provider predicts how long a job has left (IonQ's predicted wait and
+    #: execution times), the next poll waits at least this fraction of it; 0 ignores them
+    prediction_trust: float = 0.5
+    #: ...but never longer than this many seconds on a prediction alone
+    prediction_max_wait: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,12 +205,16 @@ def parse_config(raw: Mapping[str, Any], *, source: str = "built-in defaults") -
 
 
 def _polling(t: Mapping[str, Any], base: PollingConfig, where: str, ctx: str) -> PollingConfig:
-    _only_keys(t, {"initial_interval", "backoff_factor", "max_interval", "jitter"}, where, ctx)
+    _only_keys(t, {"initial_interval", "backoff_factor", "max_interval", "jitter",
+                   "prediction_trust", "prediction_max_wait"}, where, ctx)
     p = PollingConfig(
         initial_interval=float(_num(t, "initial_interval", where, ctx, base.initial_interval)),
         backoff_factor=float(_num(t, "backoff_factor", where, ctx, base.backoff_factor)),
         max_interval=float(_num(t, "max_interval", where, ctx, base.max_interval)),
         jitter=float(_num(t, "jitter", where, ctx, base.jitter)),
+        prediction_trust=float(_num(t, "prediction_trust", where, ctx, base.prediction_trust)),
+        prediction_max_wait=float(_num(t, "prediction_max_wait", where, ctx,
+                                       base.prediction_max_wait)),
     )
     if p.initial_interval <= 0 or p.max_interval < p.initial_interval:
         raise ConfigError(f"{where}: {ctx}: need 0 < initial_interval <= max_interval")
@@ -213,6 +222,10 @@ def _polling(t: Mapping[str, Any], base: PollingConfig, where: str, ctx: str) ->
         raise ConfigError(f"{where}: {ctx} backoff_factor: must be >= 1")
     if not 0 <= p.jitter < 1:
         raise ConfigError(f"{where}: {ctx} jitter: must be in [0, 1)")
+    if not 0 <= p.prediction_trust <= 1:
+        raise ConfigError(f"{where}: {ctx} prediction_trust: must be in [0, 1]")
+    if p.prediction_max_wait < 0:
+        raise ConfigError(f"{where}: {ctx} prediction_max_wait: must be >= 0")
     return p
 
 

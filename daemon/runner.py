@@ -104,6 +104,8 @@ class BackendRunner:
         # a call that sends several requests draws from the budget for each after the first
         backend.pace = self._pace
         self.backoff = Backoff(config.polling)
+        self._trust = config.polling.prediction_trust
+        self._max_predicted_wait = config.polling.prediction_max_wait
         self._on_batch_change = on_batch_change
         self._log = log.bind(backend=self.name)
         self._jobs: dict[str, Tracked] = {}
@@ -561,7 +563,7 @@ class BackendRunner:
                 tracked.interval = None
             # except a start: the job has only begun, its end is no nearer than it was a
             # poll ago, and polling from 1 s again costs ~8 polls per job for nothing
-            self._later(tracked, None)
+            self._later(tracked, None, status.eta)
 
     def _unchanged(self, tracked: Tracked, status: RemoteStatus) -> bool:
         """If the answer moves the job nowhere, schedule its next poll and say True."""
@@ -574,7 +576,7 @@ class BackendRunner:
                               job_id=tracked.job_id, batch_id=tracked.batch_id,
                               remote_id=tracked.remote_id)
         tracked.raw = status.raw
-        self._later(tracked, raw_changed)
+        self._later(tracked, raw_changed, status.eta)
         return True
 
     async def _complete(self, tracked: Tracked, status: RemoteStatus) -> None:
@@ -601,11 +603,18 @@ class BackendRunner:
                          shots=batch.shots)
         self._log.info("completed", remote_id=tracked.remote_id)
 
-    def _later(self, tracked: Tracked, raw_changed: str | None) -> None:
+    def _later(self, tracked: Tracked, raw_changed: str | None,
+               eta: float | None = None) -> None:
         """Schedule the job's next poll with backoff; the store learns it in the next flush
         if it is news: a new raw status, or a new step of the backoff.
 
         A job polled early (to fill a request) keeps its interval: it was not due.
+
+        ``eta``, the provider's prediction of the time the job has left, stretches the wait
+        to ``prediction_trust`` of it (at most ``prediction_max_wait``): a job predicted to
+        wait in a queue for ten more minutes is not asked about every 30 s meanwhile.
+        After a stretched wait the job is polled at the schedule's cap, as a job that old
+        would be, not from the schedule's first, short steps.
 
         A job at the cap is not rewritten at each poll (100,000 jobs at 30 s would be 3,300
         row updates a second, a quarter of the daemon's CPU): the store keeps its interval,
@@ -618,8 +627,14 @@ class BackendRunner:
         else:
             tracked.interval = self.backoff.next(tracked.interval)
         interval = tracked.interval
-        self._push(asyncio.get_running_loop().time() + interval, tracked)
-        tracked.next_at = _wall(interval)
+        wait = interval
+        if eta is not None and self._trust:
+            stretched = min(self._trust * eta, self._max_predicted_wait)
+            if stretched > interval:
+                wait = stretched
+                tracked.interval = interval = self.backoff.capped()
+        self._push(asyncio.get_running_loop().time() + wait, tracked)
+        tracked.next_at = _wall(wait)
         step = self.backoff.step_of(interval)
         if raw_changed is not None or step != tracked.saved_step:
             self._pending_schedule.append((tracked.job_id, raw_changed, interval,

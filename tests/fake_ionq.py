@@ -192,6 +192,13 @@ class Knobs:
     duration: Any = (2.0, 4.0)
     #: fractions of the duration spent `submitted` and `ready` (the rest is `started`)
     phase_split: tuple[float, float] = (0.1, 0.2)
+    #: report `predicted_wait_time_ms` / `predicted_execution_duration_ms` (else null)
+    predictions: bool = True
+    #: how wrong they are: each job's predictions are its true times times
+    #: prediction_bias * e**N(0, prediction_error), one draw per job (from a random stream
+    #: of its own: the durations drawn do not change with it)
+    prediction_bias: float = 1.0
+    prediction_error: float = 0.0
     failure_rate: float = 0.0
     failure: dict[str, str] = field(default_factory=lambda: {
         "code": "SimulationError", "message": "Simulated failure injected by the fake"})
@@ -236,10 +243,12 @@ class Knobs:
 
     _TUPLES = ("phase_split", "error_statuses", "backends", "result_formats")
     _FLOATS = ("failure_rate", "error_rate", "unknown_rate", "unknown_seconds",
-               "stall_create_seconds", "max_rps", "burst")
+               "stall_create_seconds", "max_rps", "burst", "prediction_error",
+               "prediction_bias")
     _INTS = ("max_body_bytes", "default_limit", "max_limit", "drop_create_responses",
              "stall_create_count")
-    _BOOLS = ("create_error_after_commit", "ids_respect_limit", "omit_shots_for_ideal")
+    _BOOLS = ("create_error_after_commit", "ids_respect_limit", "omit_shots_for_ideal",
+              "predictions")
 
     def update(self, values: Mapping[str, Any]) -> None:
         names = {f.name for f in fields(self)}
@@ -278,6 +287,10 @@ def _check_knobs(k: Mapping[str, Any]) -> None:
     for name in ("failure_rate", "error_rate", "unknown_rate"):
         if not 0.0 <= float(k[name]) <= 1.0:
             raise ValueError(f"{name} must be within 0..1")
+    if not 0.0 <= float(k["prediction_error"]) <= 5.0:
+        raise ValueError("prediction_error must be within 0..5")
+    if not float(k["prediction_bias"]) > 0:
+        raise ValueError("prediction_bias must be positive")
     for name in ("duration", "latency"):
         spec = k[name]
         if isinstance(spec, tuple) and (len(spec) != 2 or float(spec[0]) > float(spec[1])):
@@ -331,6 +344,8 @@ class FakeJob:
     failure: dict[str, str] | None
     canceled_at: float | None = None
     histogram: dict[int, int] | None = None
+    #: the job's predicted times are its true times times this
+    prediction_factor: float = 1.0
 
     def status_at(self, now: float) -> str:
         if self.canceled_at is not None:
@@ -416,6 +431,7 @@ class FakeIonQ(FakeServer):
         #: bumped by reset(): requests in flight across a reset are not logged
         self._generation += 1
         self._rng = random.Random(self._seed)
+        self._prediction_rng = random.Random(self._seed + 0x9E3779B9)
         #: job id -> FakeJob (live: read-only for callers)
         self.jobs: dict[str, FakeJob] = {}
         self._order: list[FakeJob] = []
@@ -842,6 +858,8 @@ class FakeIonQ(FakeServer):
         failure = None
         if k.failure_rate > 0 and rng.random() < k.failure_rate:
             failure = dict(k.failure)
+        factor = k.prediction_bias * (math.exp(self._prediction_rng.gauss(0.0, k.prediction_error))
+                                      if k.prediction_error > 0 else 1.0)
         bits, qubits = count_bits(spec["data"])
         job = FakeJob(
             id=str(uuid.uuid4()), seq=seq, type=spec["type"], backend=spec["backend"],
@@ -850,7 +868,7 @@ class FakeIonQ(FakeServer):
             dry_run=spec["dry_run"], num_bits=bits or qubits or 1, num_qubits=qubits,
             submitted_at=now, ready_at=ready_at, unknown_at=unknown_at,
             unknown_status=unknown_status, started_at=started_at, completed_at=completed_at,
-            failure=failure)
+            failure=failure, prediction_factor=factor)
         self.jobs[job.id] = job
         self._order.append(job)
         if spec["metadata"] and k.key_field in spec["metadata"]:
@@ -863,6 +881,7 @@ class FakeIonQ(FakeServer):
         started = end >= job.started_at
         terminal = status in TERMINAL
         completed = status == "completed"
+        predict, factor = self.knobs.predictions, job.prediction_factor
         d: dict[str, Any] = {
             "id": job.id,
             "status": status,
@@ -879,9 +898,10 @@ class FakeIonQ(FakeServer):
             "submitted_at": iso(job.submitted_at),
             "started_at": iso(job.started_at) if started else None,
             "completed_at": iso(job.terminal_at) if terminal else None,
-            "predicted_wait_time_ms": (None if started or terminal
-                                       else int((job.started_at - now) * 1000)),
-            "predicted_execution_duration_ms": int((job.completed_at - job.started_at) * 1000),
+            "predicted_wait_time_ms": (None if started or terminal or not predict
+                                       else int((job.started_at - now) * factor * 1000)),
+            "predicted_execution_duration_ms": (
+                int((job.completed_at - job.started_at) * factor * 1000) if predict else None),
             "execution_duration_ms": (int((min(end, job.completed_at) - job.started_at) * 1000)
                                       if started and terminal else None),
             "shots": job.shots,

@@ -231,6 +231,10 @@ def test_without_any_directory_variables(monkeypatch, tmp_path):
         ("[polling]\nbackoff_factor = 0.5\n", ["[polling] backoff_factor", ">= 1"]),
         ("[polling]\njitter = 1.0\n", ["[polling] jitter"]),
         ("[polling]\njitter = -0.1\n", ["[polling] jitter"]),
+        ("[polling]\nprediction_trust = 1.5\n", ["[polling] prediction_trust", "[0, 1]"]),
+        ("[polling]\nprediction_max_wait = -1\n", ["[polling] prediction_max_wait", ">= 0"]),
+        ('[backends.b]\ntype = "ionq"\n[backends.b.polling]\nprediction_trust = "half"\n',
+         ["[backends.b.polling] prediction_trust", "number"]),
         ('[backends.b]\ntype = "local"\n[backends.b.polling]\nbackoff_factor = 0.9\n',
          ["[backends.b.polling]", "backoff_factor", ">= 1"]),
         # backend without a type
@@ -306,12 +310,14 @@ def test_a_backends_polling_overrides_inherit_the_global_polling():
         "polling": top,
         "backends": {
             "plain": {"type": "ionq"},
-            "tuned": {"type": "ionq", "polling": {"max_interval": 10.0}},
+            "tuned": {"type": "ionq", "polling": {"max_interval": 10.0,
+                                                  "prediction_trust": 0.0}},
         },
     })
     assert cfg.polling == PollingConfig(**top)
     assert cfg.backends["plain"].polling == cfg.polling
-    assert cfg.backends["tuned"].polling == PollingConfig(2.0, 2.0, 10.0, 0.2)
+    assert cfg.backends["tuned"].polling == PollingConfig(2.0, 2.0, 10.0, 0.2,
+                                                          prediction_trust=0.0)
     assert "polling" not in cfg.backends["tuned"].options
 
 

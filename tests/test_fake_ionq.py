@@ -203,6 +203,27 @@ def test_status_progression(client, fake):
     assert job["output"]["error_mitigation"] == {"debiasing": False}
 
 
+def test_predicted_times_follow_the_prediction_knobs(client, fake):
+    fake.configure(duration=10.0, phase_split=(0.2, 0.2))
+    exact = client.get(f"/jobs/{create(client)}").json()
+    # 4 s queued (2 submitted + 2 ready), 6 s running
+    assert exact["predicted_wait_time_ms"] == pytest.approx(4000, abs=200)
+    assert exact["predicted_execution_duration_ms"] == pytest.approx(6000, abs=10)
+    fake.configure(prediction_bias=2.0)
+    doubled = client.get(f"/jobs/{create(client)}").json()
+    assert doubled["predicted_wait_time_ms"] == pytest.approx(8000, abs=400)
+    assert doubled["predicted_execution_duration_ms"] == pytest.approx(12000, abs=20)
+    fake.configure(prediction_bias=1.0, prediction_error=0.5)
+    factors = {fake.jobs[create(client)].prediction_factor for _ in range(20)}
+    assert len(factors) == 20 and min(factors) < 1 < max(factors)
+    fake.configure(predictions=False)
+    blank = client.get(f"/jobs/{create(client)}").json()
+    assert blank["predicted_wait_time_ms"] is None
+    assert blank["predicted_execution_duration_ms"] is None
+    with pytest.raises(ValueError, match="prediction_bias"):
+        fake.configure(prediction_bias=0)
+
+
 def test_results_match_expected_counts(client, fake):
     jid = create(client, shots=777, input={"data": FIVE_BITS})
     assert count_bits(FIVE_BITS) == (5, 3)

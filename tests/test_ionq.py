@@ -35,10 +35,11 @@ def fake() -> Iterator[FakeIonQ]:
 
 
 def daemon(fake: FakeIonQ, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *,
-           rps: float = 0.0, db: Path | None = None
+           rps: float = 0.0, db: Path | None = None, polling: dict | None = None
            ) -> AbstractAsyncContextManager[Harness[IonQBackend]]:
     return backend_daemon(IonQBackend, "ionq", fake.base_url, KEY, tmp_path, monkeypatch,
-                          shots=200, wait_limit=30, wait_poll=5, rps=rps, db=db)
+                          shots=200, wait_limit=30, wait_poll=5, rps=rps, db=db,
+                          polling=polling)
 
 
 def files_contain(db: Path, text: str) -> bool:
@@ -228,3 +229,61 @@ async def test_a_restart_with_5000_jobs_in_flight_never_exceeds_the_budget(
         await eventually(all_polled, limit=60)
     assert fake.requests_in_any_window(1.0) <= 51
     assert not fake.requests(method="POST"), "a resumed job was submitted again"
+
+
+#: one job's polls, with no jitter to blur the counts
+STEADY_POLLING = {"initial_interval": 0.05, "max_interval": 0.3, "jitter": 0.0}
+
+
+async def _run_one(h: Harness[IonQBackend], fake: FakeIonQ, label: str) -> tuple[int, float]:
+    """Run a one-circuit batch: the polls of its job, and seconds from its remote end
+    to its result being stored."""
+    batch = await h.submit({label: BELL2})
+    done = await h.wait(batch["id"])
+    assert done["state"] == "completed"
+    job = await h.job(batch["id"])
+    assert job.finished_at is not None and job.remote_id is not None
+    return fake.polls_by_id[job.remote_id], job.finished_at - fake.jobs[job.remote_id].completed_at
+
+
+async def test_predicted_times_spare_polls_without_delaying_the_result(
+        fake, tmp_path, monkeypatch):
+    fake.configure(duration=3.0)
+    async with daemon(fake, tmp_path, monkeypatch, polling=STEADY_POLLING) as h:
+        with_predictions = await _run_one(h, fake, "predicted")
+        fake.configure(predictions=False)
+        without = await _run_one(h, fake, "unpredicted")
+    # without predictions: the backoff schedule, ~6 polls up to the 0.3 s cap, then one
+    # every 0.3 s (~13); with them, one poll, a wait of half the predicted 3 s, then one
+    # every 0.3 s (~7)
+    assert without[0] >= 10, without
+    assert with_predictions[0] <= 0.7 * without[0], (with_predictions, without)
+    # after the stretched wait, polls come at the schedule's cap: seen within one interval
+    assert with_predictions[1] <= 0.3 + 0.2, with_predictions
+
+
+async def test_an_overestimated_prediction_delays_a_result_by_at_most_its_cap(
+        fake, tmp_path, monkeypatch):
+    # IonQ says 100 times longer than the job takes: trusted, the first wait would be 50 s
+    fake.configure(duration=1.0, prediction_bias=100.0)
+    polling = {**STEADY_POLLING, "prediction_max_wait": 0.5}
+    async with daemon(fake, tmp_path, monkeypatch, polling=polling) as h:
+        polls, late = await _run_one(h, fake, "overestimated")
+    assert late <= 0.5 + 0.2, late
+    assert polls <= 5, polls
+
+
+async def test_only_a_queued_job_carries_a_predicted_time_left(fake, tmp_path, monkeypatch):
+    fake.configure(duration=10.0, phase_split=(0.5, 0.0))
+    queued = fake.plant(1, BELL2)[0]
+    fake.configure(phase_split=(0.0, 0.0))
+    started = fake.plant(1, BELL2)[0]
+    async with daemon(fake, tmp_path, monkeypatch) as h:
+        statuses = await h.backend.status([queued, started])
+        fake.configure(predictions=False)
+        unpredicted = await h.backend.status([queued])
+    # IonQ's predicted wait (5 s) plus predicted execution (5 s)
+    assert statuses[queued].eta == pytest.approx(10.0, abs=0.5)
+    # a running job's predicted end does not get more accurate as it runs: not used
+    assert statuses[started].raw == "started" and statuses[started].eta is None
+    assert unpredicted[queued].eta is None
