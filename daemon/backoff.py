@@ -18,9 +18,10 @@ class Backoff:
     def first(self) -> float:
         return self._jittered(self.policy.initial_interval)
 
-    def capped(self) -> float:
-        """An interval at the schedule's cap (for a job that has waited long already)."""
-        return self._jittered(self.policy.max_interval)
+    def near_end(self) -> float:
+        """The interval of a job near its predicted end: ``near_end_factor`` of the cap."""
+        p = self.policy
+        return self._jittered(max(p.max_interval * p.near_end_factor, p.initial_interval))
 
     def next(self, previous: float | None) -> float:
         """The interval after ``previous``: grown by the factor, capped, jittered.

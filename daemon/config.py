@@ -68,6 +68,9 @@ class PollingConfig:
     prediction_trust: float = 0.5
     #: ...but never longer than this many seconds on a prediction alone
     prediction_max_wait: float = 300.0
+    #: after such a wait the job is near its predicted end: polled every
+    #: ``max_interval`` times this (the polls the wait saved buy quicker detection)
+    near_end_factor: float = 0.8
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +209,7 @@ def parse_config(raw: Mapping[str, Any], *, source: str = "built-in defaults") -
 
 def _polling(t: Mapping[str, Any], base: PollingConfig, where: str, ctx: str) -> PollingConfig:
     _only_keys(t, {"initial_interval", "backoff_factor", "max_interval", "jitter",
-                   "prediction_trust", "prediction_max_wait"}, where, ctx)
+                   "prediction_trust", "prediction_max_wait", "near_end_factor"}, where, ctx)
     p = PollingConfig(
         initial_interval=float(_num(t, "initial_interval", where, ctx, base.initial_interval)),
         backoff_factor=float(_num(t, "backoff_factor", where, ctx, base.backoff_factor)),
@@ -215,6 +218,7 @@ def _polling(t: Mapping[str, Any], base: PollingConfig, where: str, ctx: str) ->
         prediction_trust=float(_num(t, "prediction_trust", where, ctx, base.prediction_trust)),
         prediction_max_wait=float(_num(t, "prediction_max_wait", where, ctx,
                                        base.prediction_max_wait)),
+        near_end_factor=float(_num(t, "near_end_factor", where, ctx, base.near_end_factor)),
     )
     if p.initial_interval <= 0 or p.max_interval < p.initial_interval:
         raise ConfigError(f"{where}: {ctx}: need 0 < initial_interval <= max_interval")
@@ -226,6 +230,8 @@ def _polling(t: Mapping[str, Any], base: PollingConfig, where: str, ctx: str) ->
         raise ConfigError(f"{where}: {ctx} prediction_trust: must be in [0, 1]")
     if p.prediction_max_wait < 0:
         raise ConfigError(f"{where}: {ctx} prediction_max_wait: must be >= 0")
+    if not 0 < p.near_end_factor <= 1:
+        raise ConfigError(f"{where}: {ctx} near_end_factor: must be in (0, 1]")
     return p
 
 

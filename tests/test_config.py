@@ -233,6 +233,7 @@ def test_without_any_directory_variables(monkeypatch, tmp_path):
         ("[polling]\njitter = -0.1\n", ["[polling] jitter"]),
         ("[polling]\nprediction_trust = 1.5\n", ["[polling] prediction_trust", "[0, 1]"]),
         ("[polling]\nprediction_max_wait = -1\n", ["[polling] prediction_max_wait", ">= 0"]),
+        ("[polling]\nnear_end_factor = 0\n", ["[polling] near_end_factor", "(0, 1]"]),
         ('[backends.b]\ntype = "ionq"\n[backends.b.polling]\nprediction_trust = "half"\n',
          ["[backends.b.polling] prediction_trust", "number"]),
         ('[backends.b]\ntype = "local"\n[backends.b.polling]\nbackoff_factor = 0.9\n',

@@ -7,6 +7,7 @@ the fake runs in a thread with its own event loop and speaks IonQ's v0.4 wire fo
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Iterator
@@ -249,7 +250,8 @@ async def _run_one(h: Harness[IonQBackend], fake: FakeIonQ, label: str) -> tuple
 async def test_predicted_times_spare_polls_without_delaying_the_result(
         fake, tmp_path, monkeypatch):
     fake.configure(duration=3.0)
-    async with daemon(fake, tmp_path, monkeypatch, polling=STEADY_POLLING) as h:
+    polling = {**STEADY_POLLING, "near_end_factor": 1.0}  # the cap after the wait, as before
+    async with daemon(fake, tmp_path, monkeypatch, polling=polling) as h:
         with_predictions = await _run_one(h, fake, "predicted")
         fake.configure(predictions=False)
         without = await _run_one(h, fake, "unpredicted")
@@ -266,11 +268,25 @@ async def test_an_overestimated_prediction_delays_a_result_by_at_most_its_cap(
         fake, tmp_path, monkeypatch):
     # IonQ says 100 times longer than the job takes: trusted, the first wait would be 50 s
     fake.configure(duration=1.0, prediction_bias=100.0)
-    polling = {**STEADY_POLLING, "prediction_max_wait": 0.5}
+    polling = {**STEADY_POLLING, "prediction_max_wait": 0.5, "near_end_factor": 1.0}
     async with daemon(fake, tmp_path, monkeypatch, polling=polling) as h:
         polls, late = await _run_one(h, fake, "overestimated")
     assert late <= 0.5 + 0.2, late
     assert polls <= 5, polls
+
+
+async def test_after_a_predicted_wait_the_job_is_polled_at_the_near_end_interval(
+        fake, tmp_path, monkeypatch):
+    fake.configure(duration=2.0)
+    polling = {**STEADY_POLLING, "max_interval": 0.4, "near_end_factor": 0.5}
+    async with daemon(fake, tmp_path, monkeypatch, polling=polling) as h:
+        await _run_one(h, fake, "near-end")
+    times = [r[0] for r in fake.requests(route="GET /jobs")]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    # one wait of half the predicted ~2 s, then polls every 0.5 x 0.4 s (not 0.4 s)
+    assert [g > 0.5 for g in gaps] == [True] + [False] * (len(gaps) - 1), gaps
+    assert gaps[0] == pytest.approx(1.0, abs=0.15)
+    assert len(gaps) >= 4 and all(0.15 < g < 0.3 for g in gaps[1:]), gaps
 
 
 async def test_only_a_queued_job_carries_a_predicted_time_left(fake, tmp_path, monkeypatch):
