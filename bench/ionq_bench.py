@@ -84,6 +84,8 @@ class Settings:
     #: the fake's predicted wait/execution times: off, or per-job error e**N(0, this)
     predictions: bool = True
     prediction_error: float = 0.3
+    #: ...times this, for every job (2.0: IonQ predicts everything twice too long)
+    prediction_bias: float = 1.0
     #: a side that is not finished after this many wall seconds is stopped and reported
     side_timeout: float = 1800.0
 
@@ -200,7 +202,8 @@ def wait_child(proc: subprocess.Popen[bytes], deadline: float,
 def _fake(settings: Settings) -> FakeIonQProcess:
     knobs = {"duration": list(settings.fake_duration), "api_key": API_KEY,
              "predictions": settings.predictions,
-             "prediction_error": settings.prediction_error}
+             "prediction_error": settings.prediction_error,
+             "prediction_bias": settings.prediction_bias}
     return FakeIonQProcess(api_key=API_KEY, knobs=knobs, seed=settings.seed, cwd=ROOT)
 
 
@@ -645,8 +648,12 @@ def heading(settings: Settings) -> str:
     return (f"N = {settings.n:,}: K = {settings.scale:g}, job durations {lo:g}..{hi:g} s real "
             f"({lo / settings.scale:g}..{hi / settings.scale:g} s run), qjobd budget "
             f"{settings.budget:g} requests/s real ({settings.budget * settings.scale:g} run), "
-            + (f"predicted times off by e**N(0, {settings.prediction_error:g})"
+            + (f"predicted times off by {_bias(settings)}e**N(0, {settings.prediction_error:g})"
                if settings.predictions else "no predicted times"))
+
+
+def _bias(settings: Settings) -> str:
+    return "" if settings.prediction_bias == 1 else f"{settings.prediction_bias:g} x "
 
 
 # --------------------------------------------------------------------------- machine, doc
@@ -752,6 +759,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--prediction-error", type=float, default=0.3,
                    help="the fake's predicted times are off by a per-job factor e**N(0, this)")
+    p.add_argument("--prediction-bias", type=float, default=1.0,
+                   help="...and by this factor for every job (systematically wrong)")
     p.add_argument("--no-predictions", action="store_true",
                    help="the fake predicts nothing (null predicted_* fields)")
     p.add_argument("--create-concurrency", type=int, default=50)
@@ -780,7 +789,8 @@ def settings_list(args: argparse.Namespace) -> list[Settings]:
     return [Settings(n=n, scale=k, duration=(lo, hi), budget=args.budget, seed=args.seed,
                      create_concurrency=args.create_concurrency, batch_size=args.batch_size,
                      side_timeout=args.side_timeout, predictions=not args.no_predictions,
-                     prediction_error=args.prediction_error)
+                     prediction_error=args.prediction_error,
+                     prediction_bias=args.prediction_bias)
             for n, k in zip(ns, scales, strict=True)]
 
 
