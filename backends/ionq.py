@@ -299,7 +299,7 @@ def _eta(job: Mapping[str, Any]) -> float | None:
 def _millis(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
         return None
-    return min(float(value) / 1000, 1e7)
+    return min(value, 1e10) / 1000  # compared first: float() of a 400-digit int overflows
 
 
 def _timestamp(value: Any) -> float | None:

@@ -320,6 +320,7 @@ def qjobd_config(settings: Settings, root: Path, base_url: str) -> str:
         f"max_interval = {30.0 / k!r}",
         f"jitter = {settings.jitter!r}",
         "prediction_trust = 0.5",
+        "near_end_factor = 0.8",
         f"prediction_max_wait = {300.0 / k!r}",
         "",
         "[backends.ionq]",

@@ -89,8 +89,10 @@ class Tracked:
     saved_step: float | None = None
     #: the store's next_poll_at is older than ``next_at``
     unsaved: bool = False
-    #: a predicted wait is over: polled at the near-end interval from now on
+    #: a predicted wait is over: its schedule's cap is the near-end one from now on
     near_end: bool = False
+    #: the next poll time (wall) the store holds for it
+    saved_at: float | None = None
 
 
 class BackendRunner:
@@ -159,7 +161,8 @@ class BackendRunner:
         overdue: list[str] = []
         for job in jobs:
             tracked = Tracked(job.id, job.batch_id, job.state, job.remote_id,
-                              job.poll_interval, job.remote_status, next_at=job.next_poll_at)
+                              job.poll_interval, job.remote_status, next_at=job.next_poll_at,
+                              saved_at=job.next_poll_at)
             if job.poll_interval is not None:
                 tracked.saved_step = self.backoff.step_of(job.poll_interval)
             self._jobs[job.id] = tracked
@@ -352,7 +355,7 @@ class BackendRunner:
         next_at = _wall(interval)
         await self._move(tracked, JobState.SUBMITTED, remote_id=remote_id,
                          poll_interval=interval, next_poll_at=next_at, detail=detail)
-        tracked.interval, tracked.next_at = interval, next_at
+        tracked.interval, tracked.next_at, tracked.saved_at = interval, next_at, next_at
         tracked.saved_step, tracked.unsaved = self.backoff.step_of(interval), False
         self._push(asyncio.get_running_loop().time() + interval, tracked)
 
@@ -502,6 +505,11 @@ class BackendRunner:
                 self._later(tracked, None)
             self._log.warning("status poll failed", error=str(exc), jobs=len(group))
             return
+        except Exception:  # a bug, or an answer nothing foresaw: the jobs are polled again
+            for tracked in group:
+                self._later(tracked, None)
+            self._log.exception("status poll failed unexpectedly", jobs=len(group))
+            return
         # most answers change nothing (the job is still queued or running): those are
         # rescheduled right here, without a task each; the others are handled
         # concurrently, so the store writes of one answer share a group commit
@@ -613,9 +621,10 @@ class BackendRunner:
         ``eta``, the provider's prediction of the time the job has left, stretches the wait
         to ``prediction_trust`` of it (at most ``prediction_max_wait``): a job predicted to
         wait in a queue for ten more minutes is not asked about every 30 s meanwhile.
-        After a stretched wait the job is near its predicted end, and is polled every
-        ``near_end_factor`` of the cap from then on: a job that old would be polled at the
-        cap; a little more often buys quicker detection with some of the polls saved.
+        After a stretched wait the job is near its predicted end: its schedule goes on
+        from the length of that wait, capped at ``near_end_factor`` of ``max_interval``
+        (a job that old would be polled at the cap; a little more often buys quicker
+        detection with some of the polls saved, and a young job is not pushed to the cap).
 
         A job at the cap is not rewritten at each poll (100,000 jobs at 30 s would be 3,300
         row updates a second, a quarter of the daemon's CPU): the store keeps its interval,
@@ -623,28 +632,31 @@ class BackendRunner:
         restart polls within the resume spread (at most ``max_interval``). A clean stop
         stores every due time (``run``), the API shows the live one (``next_poll_at``).
         """
+        backoff = self.backoff  # a reload replaces it
+        trust = backoff.policy.prediction_trust
+        cap = backoff.near_end_cap() if tracked.near_end and trust else None
         if tracked.early and tracked.interval is not None:
             tracked.early = False
-        elif tracked.near_end:
-            tracked.interval = self.backoff.near_end()
         else:
-            tracked.interval = self.backoff.next(tracked.interval)
-        interval = tracked.interval
-        wait = interval
-        policy = self.backoff.policy  # a reload replaces it
-        if eta is not None and policy.prediction_trust:
-            stretched = min(policy.prediction_trust * eta, policy.prediction_max_wait)
+            tracked.interval = backoff.next(tracked.interval, cap)
+        interval = wait = tracked.interval
+        if eta is not None and trust:
+            stretched = min(trust * eta, backoff.policy.prediction_max_wait)
             if stretched > interval:
                 wait = stretched
-                tracked.near_end = True
-                tracked.interval = interval = self.backoff.near_end()
+                tracked.near_end, cap = True, backoff.near_end_cap()
+                tracked.interval = interval = backoff.at_most(stretched, cap)
         self._push(asyncio.get_running_loop().time() + wait, tracked)
         tracked.next_at = _wall(wait)
-        step = self.backoff.step_of(interval)
-        if raw_changed is not None or step != tracked.saved_step:
+        step = backoff.step_of(interval, cap)
+        # the store must never hold a later poll than the real one (a crash would resume
+        # the job late): a stretched wait cut short by an early poll is written again
+        if raw_changed is not None or step != tracked.saved_step \
+                or (tracked.saved_at is not None and tracked.saved_at > tracked.next_at):
             self._pending_schedule.append((tracked.job_id, raw_changed, interval,
                                            tracked.next_at))
-            tracked.saved_step, tracked.unsaved = step, False
+            tracked.saved_step, tracked.saved_at = step, tracked.next_at
+            tracked.unsaved = False
         else:
             tracked.unsaved = True
 
@@ -715,8 +727,8 @@ class BackendRunner:
             tracked.remote_id = str(changes["remote_id"])
         if target == JobState.QUEUED:
             tracked.remote_id = None
-            tracked.interval = tracked.next_at = tracked.saved_step = None
-            tracked.unsaved = False
+            tracked.interval = tracked.next_at = tracked.saved_step = tracked.saved_at = None
+            tracked.unsaved = tracked.near_end = tracked.early = False
         self._log.debug("job state", state=str(target), batch_state=str(batch_state))
         if target.terminal:
             self._jobs.pop(tracked.job_id, None)
