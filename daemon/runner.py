@@ -87,12 +87,11 @@ class Tracked:
     next_at: float | None = None
     #: the backoff step (un-jittered interval) the store holds for it
     saved_step: float | None = None
-    #: the store's next_poll_at is older than ``next_at``
-    unsaved: bool = False
+    #: the next poll time (wall) the store holds for it; older than ``next_at`` when a
+    #: poll at the cap was not written
+    saved_at: float | None = None
     #: a predicted wait is over: its schedule's cap is the near-end one from now on
     near_end: bool = False
-    #: the next poll time (wall) the store holds for it
-    saved_at: float | None = None
 
 
 class BackendRunner:
@@ -261,7 +260,8 @@ class BackendRunner:
             # each job on its own schedule rather than finding it overdue
             self._pending_schedule += [
                 (t.job_id, None, t.interval, t.next_at) for t in self._jobs.values()
-                if t.unsaved and t.interval is not None and t.next_at is not None]
+                if t.interval is not None and t.next_at is not None
+                and t.next_at != t.saved_at]
             await self._flush_schedule()
 
     # -- submission ------------------------------------------------------------------
@@ -356,7 +356,7 @@ class BackendRunner:
         await self._move(tracked, JobState.SUBMITTED, remote_id=remote_id,
                          poll_interval=interval, next_poll_at=next_at, detail=detail)
         tracked.interval, tracked.next_at, tracked.saved_at = interval, next_at, next_at
-        tracked.saved_step, tracked.unsaved = self.backoff.step_of(interval), False
+        tracked.saved_step = self.backoff.step_of(interval)
         self._push(asyncio.get_running_loop().time() + interval, tracked)
 
     async def _recover(self, tracked: Tracked) -> None:
@@ -500,15 +500,13 @@ class BackendRunner:
     async def _poll(self, group: list[Tracked]) -> None:
         try:
             statuses = await self._request(self._status, group)
-        except BackendError as exc:
+        except Exception as exc:  # a bug, or an answer nothing foresaw, too: polled again
             for tracked in group:
                 self._later(tracked, None)
-            self._log.warning("status poll failed", error=str(exc), jobs=len(group))
-            return
-        except Exception:  # a bug, or an answer nothing foresaw: the jobs are polled again
-            for tracked in group:
-                self._later(tracked, None)
-            self._log.exception("status poll failed unexpectedly", jobs=len(group))
+            if isinstance(exc, BackendError):
+                self._log.warning("status poll failed", error=str(exc), jobs=len(group))
+            else:
+                self._log.exception("status poll failed unexpectedly", jobs=len(group))
             return
         # most answers change nothing (the job is still queued or running): those are
         # rescheduled right here, without a task each; the others are handled
@@ -656,9 +654,6 @@ class BackendRunner:
             self._pending_schedule.append((tracked.job_id, raw_changed, interval,
                                            tracked.next_at))
             tracked.saved_step, tracked.saved_at = step, tracked.next_at
-            tracked.unsaved = False
-        else:
-            tracked.unsaved = True
 
     def next_poll_at(self, job_id: str) -> float | None:
         """Wall time of the job's next poll, if this engine tracks it."""
@@ -728,7 +723,7 @@ class BackendRunner:
         if target == JobState.QUEUED:
             tracked.remote_id = None
             tracked.interval = tracked.next_at = tracked.saved_step = tracked.saved_at = None
-            tracked.unsaved = tracked.near_end = tracked.early = False
+            tracked.near_end = tracked.early = False
         self._log.debug("job state", state=str(target), batch_state=str(batch_state))
         if target.terminal:
             self._jobs.pop(tracked.job_id, None)
