@@ -89,7 +89,7 @@ class _Simulator:
         from qiskit import transpile
         from qiskit_aer import AerSimulator
 
-        from backends.qasm import load_circuit
+        from qjobd.backends.qasm import load_circuit
 
         self._transpile = transpile
         self._load_circuit = load_circuit

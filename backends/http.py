@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 
 import httpx
 
-from backends.base import Backend
-from backends.errors import AuthError, ProtocolError, RateLimited, Rejected, Unavailable
+from qjobd.backends.base import Backend
+from qjobd.backends.errors import AuthError, ProtocolError, RateLimited, Rejected, Unavailable
 
 _TRANSIENT = {408, 425, 500, 502, 503, 504} | set(range(520, 530))
 

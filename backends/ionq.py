@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from backends.base import (
+from qjobd.backends.base import (
     Capabilities,
     Circuit,
     Counts,
@@ -25,8 +25,8 @@ from backends.base import (
     RemoteStatus,
     SubmitRequest,
 )
-from backends.errors import ProtocolError, Rejected
-from backends.http import HttpBackend, check, json_body, send
+from qjobd.backends.errors import ProtocolError, Rejected
+from qjobd.backends.http import HttpBackend, check, json_body, send
 
 DEFAULT_BASE_URL = "https://api.ionq.co/v0.4"
 HISTOGRAM = "ionq.result.histogram.json.v1"

@@ -33,8 +33,8 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any, TypeVar
 
-from backends import _aer_worker, qasm
-from backends.base import (
+from qjobd.backends import _aer_worker, qasm
+from qjobd.backends.base import (
     Backend,
     Capabilities,
     Circuit,
@@ -44,7 +44,7 @@ from backends.base import (
     RemoteStatus,
     SubmitRequest,
 )
-from backends.errors import ProtocolError, Rejected, Unavailable
+from qjobd.backends.errors import ProtocolError, Rejected, Unavailable
 
 __all__ = ["METHODS", "RETENTION", "LocalBackend"]
 

@@ -30,8 +30,8 @@ import anyio
 import httpx
 import structlog
 
-from backends import qh
-from backends.base import (
+from qjobd.backends import qh
+from qjobd.backends.base import (
     Capabilities,
     Circuit,
     Counts,
@@ -40,8 +40,8 @@ from backends.base import (
     RemoteStatus,
     SubmitRequest,
 )
-from backends.errors import AuthError, BackendError, ProtocolError, Rejected, Unavailable
-from backends.http import HttpBackend, check, error_text, json_body, send
+from qjobd.backends.errors import AuthError, BackendError, ProtocolError, Rejected, Unavailable
+from qjobd.backends.http import HttpBackend, check, error_text, json_body, send
 
 log = structlog.get_logger("qjobd.qoro")
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
-from backends.base import Backend
+from qjobd.backends.base import Backend
 
 GROUP = "qjobd.backends"
 

@@ -46,7 +46,7 @@ from typing import Any
 
 import httpx
 
-from daemon.config import PollingConfig
+from qjobd.daemon.config import PollingConfig
 from tests.daemon_proc import accepts
 from tests.fake_ionq import FakeIonQProcess
 
@@ -349,7 +349,7 @@ def run_qjobd(settings: Settings, circuits: Sequence[tuple[str, str]], workdir: 
             config.write_text(qjobd_config(settings, root, fake.base_url))
             if profile is not None:
                 cmd = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m",
-                       "daemon.main", "serve", "--config", str(config)]
+                       "qjobd.daemon.process.main", "serve", "--config", str(config)]
             else:
                 cmd = [str(BIN / "qjobd"), "serve", "--config", str(config)]
             started = time.monotonic()

@@ -38,10 +38,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from store.models import Batch, CircuitRecord, NewBatch
-from store.retention import DAY
-from store.states import JobState
-from store.store import Store
+from qjobd.store.models import Batch, CircuitRecord, NewBatch
+from qjobd.store.retention import DAY
+from qjobd.store.states import JobState
+from qjobd.store.store import Store
 
 T = TypeVar("T")
 

@@ -11,7 +11,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from store.errors import StoreError
+from qjobd.store.errors import StoreError
 
 
 def backup(source: Path, destination: Path, *, pages_per_step: int = 1024) -> int:

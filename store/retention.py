@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from store.errors import StoreError, StoreUnavailable
-from store.states import ACTIVE, TERMINAL
-from store.writer import WriteOp
+from qjobd.store.errors import StoreError, StoreUnavailable
+from qjobd.store.states import ACTIVE, TERMINAL
+from qjobd.store.writer import WriteOp
 
 if TYPE_CHECKING:
-    from store.store import Store
+    from qjobd.store.store import Store
 
 log = structlog.get_logger("qjobd.retention")
 

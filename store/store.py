@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from store import retention
-from store.errors import (
+from qjobd.store import retention
+from qjobd.store.errors import (
     CorruptDatabase,
     IdempotencyConflict,
     NotFound,
@@ -25,10 +25,10 @@ from store.errors import (
     StoreError,
     StoreUnavailable,
 )
-from store.models import Batch, CircuitRecord, Event, Job, NewBatch, Result, new_id
-from store.schema import MIGRATIONS
-from store.states import ACTIVE, IllegalTransition, JobState, batch_state, can_move
-from store.writer import WriteOp, Writer, run_on_connection_thread
+from qjobd.store.models import Batch, CircuitRecord, Event, Job, NewBatch, Result, new_id
+from qjobd.store.schema import MIGRATIONS
+from qjobd.store.states import ACTIVE, IllegalTransition, JobState, batch_state, can_move
+from qjobd.store.writer import WriteOp, Writer, run_on_connection_thread
 
 T = TypeVar("T")
 

@@ -23,7 +23,7 @@ from typing import Any, Generic, TypeVar
 import aiosqlite
 import anyio
 
-from store.errors import StoreError, StoreUnavailable, translate
+from qjobd.store.errors import StoreError, StoreUnavailable, translate
 
 T = TypeVar("T")
 

@@ -19,13 +19,13 @@ import anyio
 import httpx
 import pytest
 
-from backends.http import HttpBackend
-from daemon import logs
-from daemon.api import Context, create_app
-from daemon.config import parse_config
-from daemon.notify import BatchChanges
-from daemon.scheduler import Scheduler
-from store.store import Store
+from qjobd.backends.http import HttpBackend
+from qjobd.daemon.api.app import Context, create_app
+from qjobd.daemon.config import parse_config
+from qjobd.daemon.engine.notify import BatchChanges
+from qjobd.daemon.engine.scheduler import Scheduler
+from qjobd.daemon.process import logs
+from qjobd.store.store import Store
 
 __all__ = ["QUICK_POLLING", "TERMINAL", "Harness", "backend_daemon"]
 

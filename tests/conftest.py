@@ -11,13 +11,13 @@ from typing import Any
 import httpx
 import pytest
 
-from backends.local import LocalBackend
-from daemon.api import Context, create_app
-from daemon.config import parse_config
-from daemon.notify import BatchChanges
-from daemon.peer import Peer
-from daemon.scheduler import Scheduler
-from store.store import Store
+from qjobd.backends.local import LocalBackend
+from qjobd.daemon.api.app import Context, create_app
+from qjobd.daemon.api.peer import Peer
+from qjobd.daemon.config import parse_config
+from qjobd.daemon.engine.notify import BatchChanges
+from qjobd.daemon.engine.scheduler import Scheduler
+from qjobd.store.store import Store
 from tests.fakes import ScriptedBackend
 
 BELL2 = """OPENQASM 2.0;

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from backends.base import (
+from qjobd.backends.base import (
     Backend,
     Capabilities,
     Circuit,
@@ -21,7 +21,7 @@ from backends.base import (
     RemoteStatus,
     SubmitRequest,
 )
-from backends.errors import ProtocolError, RateLimited, Rejected, Unavailable
+from qjobd.backends.errors import ProtocolError, RateLimited, Rejected, Unavailable
 
 
 @dataclass

@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 import pytest
 
-from daemon.peer import Peer
+from qjobd.daemon.api.peer import Peer
 from tests.conftest import BELL2, BELL3, Daemon, count_rows, eventually
 
 EMPTY = {"batches": 0, "jobs": 0, "circuits": 0, "results": 0, "events": 0}

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from daemon.backoff import Backoff
-from daemon.config import PollingConfig
+from qjobd.daemon.config import PollingConfig
+from qjobd.daemon.engine.backoff import Backoff
 
 SPEC = PollingConfig(initial_interval=1.0, backoff_factor=1.5, max_interval=30.0, jitter=0.1)
 EXACT = PollingConfig(initial_interval=1.0, backoff_factor=1.5, max_interval=30.0, jitter=0.0)

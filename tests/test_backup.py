@@ -9,11 +9,11 @@ from pathlib import Path
 import anyio
 import pytest
 
-from store.backup import backup
-from store.errors import StoreError
-from store.models import CircuitRecord, NewBatch
-from store.states import JobState
-from store.store import Store
+from qjobd.store.backup import backup
+from qjobd.store.errors import StoreError
+from qjobd.store.models import CircuitRecord, NewBatch
+from qjobd.store.states import JobState
+from qjobd.store.store import Store
 
 
 def new_batch(n: int) -> NewBatch:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon import config as config_mod
-from daemon.config import (
+from qjobd.daemon import config as config_mod
+from qjobd.daemon.config import (
     BackendConfig,
     ConfigError,
     PollingConfig,
@@ -19,7 +19,7 @@ from daemon.config import (
     load_config,
     parse_config,
 )
-from daemon.main import main
+from qjobd.daemon.process.main import main
 
 SPEC_POLLING = PollingConfig(initial_interval=1.0, backoff_factor=1.5, max_interval=30.0,
                              jitter=0.1)

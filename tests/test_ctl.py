@@ -22,16 +22,16 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from daemon import client as client_module
-from daemon import ctl
-from daemon.client import (
+from qjobd.daemon.client import connection as client_module
+from qjobd.daemon.client import ctl
+from qjobd.daemon.client.connection import (
     ApiError,
     Client,
     DaemonUnreachable,
     format_error_details,
     resolve_socket_path,
 )
-from daemon.config import default_socket_path
+from qjobd.daemon.config import default_socket_path
 
 # -- the fake daemon -------------------------------------------------------------------
 

@@ -12,13 +12,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from backends.base import Capabilities, RemoteState
-from daemon.config import parse_config
-from daemon.notify import BatchChanges
-from daemon.scheduler import Scheduler
-from store.models import Batch, CircuitRecord, NewBatch
-from store.states import JobState
-from store.store import Store
+from qjobd.backends.base import Capabilities, RemoteState
+from qjobd.daemon.config import parse_config
+from qjobd.daemon.engine.notify import BatchChanges
+from qjobd.daemon.engine.scheduler import Scheduler
+from qjobd.store.models import Batch, CircuitRecord, NewBatch
+from qjobd.store.states import JobState
+from qjobd.store.store import Store
 from tests.conftest import BELL2, FAST_POLLING, eventually
 from tests.fakes import ScriptedBackend
 
@@ -118,7 +118,7 @@ async def test_an_interrupted_submission_found_by_key_is_adopted_not_resubmitted
     job = batch.jobs[0]
     # the crash: intent stored, create reached the provider, its answer never stored
     await store.transition(job.id, JobState.SUBMITTING)
-    from backends.base import SubmitRequest
+    from qjobd.backends.base import SubmitRequest
     remote_id = await provider.submit(SubmitRequest(job.submission_key, [], shots=10))
     provider.jobs[remote_id].counts = {"c0": {"11": 10}}
     restarted = ScriptedBackend("fake", {})

@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backends.errors import AuthError, ProtocolError, RateLimited, Rejected, Unavailable
-from backends.http import check, error_text, read_api_key, retry_after, send
-from backends.ionq import _histogram_counts, _probability_counts
+from qjobd.backends.errors import AuthError, ProtocolError, RateLimited, Rejected, Unavailable
+from qjobd.backends.http import check, error_text, read_api_key, retry_after, send
+from qjobd.backends.ionq import _histogram_counts, _probability_counts
 
 
 def response(status: int, body: object = None, **headers: str) -> httpx.Response:

@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from backends.ionq import IonQBackend
-from store.models import CircuitRecord, NewBatch
-from store.states import JobState
-from store.store import Store
+from qjobd.backends.ionq import IonQBackend
+from qjobd.store.models import CircuitRecord, NewBatch
+from qjobd.store.states import JobState
+from qjobd.store.store import Store
 from tests.backend_daemon import Harness, backend_daemon
 from tests.conftest import BELL2, BELL3, count_rows, eventually
 from tests.fake_ionq import FakeIonQ

@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator, Collection
 import anyio
 import pytest
 
-from backends.base import Circuit, RemoteState, SubmitRequest
-from backends.errors import Rejected
-from backends.local import LocalBackend
-from backends.qasm import parse_circuit
+from qjobd.backends.base import Circuit, RemoteState, SubmitRequest
+from qjobd.backends.errors import Rejected
+from qjobd.backends.local import LocalBackend
+from qjobd.backends.qasm import parse_circuit
 from tests.conftest import BELL3, GHZ2
 
 X_ON_QUBIT_0 = """\

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import structlog
 
-from daemon import logs
+from qjobd.daemon.process import logs
 
 SECRET = "sk-test-123456"
 NOISY = ("aiosqlite", "httpcore", "uvicorn.error", "uvicorn.access", "asyncio", "httpx")

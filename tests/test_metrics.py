@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from backends.ionq import IonQBackend
-from daemon import metrics
+from qjobd.backends.ionq import IonQBackend
+from qjobd.daemon.api import metrics
 from tests.backend_daemon import backend_daemon
 from tests.conftest import BELL2, BELL3, Daemon, eventually
 from tests.fake_ionq import FakeIonQ

@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from backends.qasm import NO_MEASUREMENT, ParsedCircuit, QasmError, convert, parse_circuit
+from qjobd.backends.qasm import NO_MEASUREMENT, ParsedCircuit, QasmError, convert, parse_circuit
 from tests.conftest import BELL2, BELL3, GHZ2
 
 GHZ_2 = "// a comment before the header\n" + GHZ2

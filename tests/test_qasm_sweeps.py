@@ -12,8 +12,8 @@ import random
 
 import pytest
 
-from backends import qasm
-from backends.qasm import QasmError, parse_circuit, sweep_template
+from qjobd.backends import qasm
+from qjobd.backends.qasm import QasmError, parse_circuit, sweep_template
 
 HEAD = 'OPENQASM 3.0;\ninclude "stdgates.inc";\n'
 

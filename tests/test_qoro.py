@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-from backends.base import Circuit, SubmitRequest
-from backends.errors import ProtocolError, Rejected
-from backends.qoro import MAX_FRAGMENT_BYTES, QoroBackend, histogram_counts, pack_fragments
+from qjobd.backends.base import Circuit, SubmitRequest
+from qjobd.backends.errors import ProtocolError, Rejected
+from qjobd.backends.qoro import MAX_FRAGMENT_BYTES, QoroBackend, histogram_counts, pack_fragments
 from tests.backend_daemon import Harness, backend_daemon
 from tests.conftest import BELL2, BELL3, count_rows, eventually
 from tests.fake_qoro import MAX_BODY_BYTES, FakeQoro, qh_envelope
@@ -498,7 +498,7 @@ def test_a_missing_key_says_where_it_was_looked_for(monkeypatch):
 
 
 def test_the_registry_knows_the_qoro_type(monkeypatch):
-    from backends.registry import create_backend
+    from qjobd.backends.registry import create_backend
 
     monkeypatch.setenv("QORO_API_KEY", KEY)
     backend = create_backend("qoro", "qoro", {})

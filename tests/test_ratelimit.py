@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from daemon.ratelimit import Priority, RequestBudget
+from qjobd.daemon.engine.ratelimit import Priority, RequestBudget
 
 EPS = 1e-6  # float slack for lower bounds measured with loop.time()
 

@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 
-from daemon.config import ConfigError, load_config, parse_config
-from daemon.main import main as qjobd_main
-from store import retention
-from store.errors import NotFound, StoreUnavailable
-from store.models import Batch, CircuitRecord, NewBatch
-from store.retention import DAY, RetentionStats, cutoff_for, purge_chunk, run_periodically
-from store.states import JobState
-from store.store import Store
+from qjobd.daemon.config import ConfigError, load_config, parse_config
+from qjobd.daemon.process.main import main as qjobd_main
+from qjobd.store import retention
+from qjobd.store.errors import NotFound, StoreUnavailable
+from qjobd.store.models import Batch, CircuitRecord, NewBatch
+from qjobd.store.retention import DAY, RetentionStats, cutoff_for, purge_chunk, run_periodically
+from qjobd.store.states import JobState
+from qjobd.store.store import Store
 from tests.conftest import BELL2, Daemon, eventually, short_tmpdir
 from tests.daemon_proc import DaemonProcess, wait_until
 

@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from daemon.config import parse_config
-from daemon.histogram import Histogram, quantile
-from daemon.notify import BatchChanges
-from daemon.runner import UNBUDGETED_RESUME_RATE
-from daemon.scheduler import Scheduler
-from store.models import CircuitRecord, NewBatch
-from store.states import JobState
-from store.store import Store
+from qjobd.daemon.config import parse_config
+from qjobd.daemon.engine.histogram import Histogram, quantile
+from qjobd.daemon.engine.notify import BatchChanges
+from qjobd.daemon.engine.runner import UNBUDGETED_RESUME_RATE
+from qjobd.daemon.engine.scheduler import Scheduler
+from qjobd.store.models import CircuitRecord, NewBatch
+from qjobd.store.states import JobState
+from qjobd.store.store import Store
 from tests.conftest import BELL2, eventually
 from tests.fakes import ScriptedBackend
 

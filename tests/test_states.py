@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from store.states import (
+from qjobd.store.states import (
     ACTIVE,
     LEGAL_MOVES,
     TERMINAL,

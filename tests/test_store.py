@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-import store.store as store_module
-from store.errors import (
+import qjobd.store.store as store_module
+from qjobd.store.errors import (
     CorruptDatabase,
     DiskFull,
     IdempotencyConflict,
@@ -23,10 +23,10 @@ from store.errors import (
     StoreError,
     StoreUnavailable,
 )
-from store.models import CircuitRecord, NewBatch
-from store.schema import MIGRATIONS
-from store.states import IllegalTransition, JobState
-from store.store import Store
+from qjobd.store.models import CircuitRecord, NewBatch
+from qjobd.store.schema import MIGRATIONS
+from qjobd.store.states import IllegalTransition, JobState
+from qjobd.store.store import Store
 
 Q, SING, SUB, RUN = JobState.QUEUED, JobState.SUBMITTING, JobState.SUBMITTED, JobState.RUNNING
 DONE, FAIL, CANC, TIME = (JobState.COMPLETED, JobState.FAILED, JobState.CANCELED,

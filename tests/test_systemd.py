@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from daemon.config import parse_config
+from qjobd.daemon.config import parse_config
 from tests.conftest import BELL2, short_tmpdir
 from tests.daemon_proc import accepts, wait_until
 

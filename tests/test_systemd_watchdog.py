@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 import structlog
 
-from daemon import logs, systemd
-from daemon.config import PollingConfig, parse_config
-from daemon.watchdog import Progress, Supervisor, status_line
-from store.store import Store
+from qjobd.daemon.config import PollingConfig, parse_config
+from qjobd.daemon.process import logs, systemd
+from qjobd.daemon.process.watchdog import Progress, Supervisor, status_line
+from qjobd.store.store import Store
 from tests.conftest import BELL2, FAST_POLLING, short_tmpdir
 from tests.fakes import ScriptedBackend
 
@@ -92,7 +92,7 @@ def test_watchdog_interval_is_half_of_watchdog_usec_for_this_process(monkeypatch
 
 ADOPT = """
 import json, os, socket, sys
-from daemon import systemd
+from qjobd.daemon.process import systemd
 kind = sys.argv[1]
 if kind == "unix":
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.bind(sys.argv[2]); s.listen()
@@ -432,8 +432,8 @@ def test_without_journald_lines_are_plain_json(tmp_path, monkeypatch, restore_lo
 
 async def test_a_crashed_scheduler_ends_the_daemon_with_a_failure_for_restart_on_failure(
         tmp_path, monkeypatch):
-    from daemon import service
-    from daemon.scheduler import Scheduler
+    from qjobd.daemon.engine.scheduler import Scheduler
+    from qjobd.daemon.process import service
 
     async def crash(self: Scheduler) -> None:
         await asyncio.sleep(0.05)

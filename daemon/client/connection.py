@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 import httpx
 
-from daemon.config import ConfigError, default_socket_path, load_config
+from qjobd.daemon.config import ConfigError, default_socket_path, load_config
 
 __all__ = [
     "TERMINAL_STATES",

@@ -8,9 +8,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from backends import qasm
-from backends.base import Backend, Grouping
-from store.models import CircuitRecord, NewBatch
+from qjobd.backends import qasm
+from qjobd.backends.base import Backend, Grouping
+from qjobd.store.models import CircuitRecord, NewBatch
 
 MAX_LABEL = 200
 MAX_NAME = 500

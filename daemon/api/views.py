@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from store.models import Batch, Event, Job, Result
+from qjobd.store.models import Batch, Event, Job, Result
 
 
 def rfc3339(ts: float | None) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import random
 
-from daemon.config import PollingConfig
+from qjobd.daemon.config import PollingConfig
 
 
 class Backoff:

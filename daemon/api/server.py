@@ -13,7 +13,7 @@ from pathlib import Path
 import uvicorn
 from starlette.types import ASGIApp
 
-from daemon.peer import PeerCredProtocol
+from qjobd.daemon.api.peer import PeerCredProtocol
 
 
 class SocketInUse(Exception):

@@ -26,17 +26,17 @@ from pathlib import Path
 
 import structlog
 
-from backends.base import Backend
-from backends.registry import create_backend
-from daemon import logs, systemd
-from daemon.api import Context, create_app
-from daemon.config import Config, ConfigError, load_config
-from daemon.notify import BatchChanges
-from daemon.scheduler import Scheduler
-from daemon.server import SocketInUse, bind_socket, make_server
-from daemon.watchdog import Progress, Supervisor, status_line, supervising
-from store import retention
-from store.store import Store
+from qjobd.backends.base import Backend
+from qjobd.backends.registry import create_backend
+from qjobd.daemon.api.app import Context, create_app
+from qjobd.daemon.api.server import SocketInUse, bind_socket, make_server
+from qjobd.daemon.config import Config, ConfigError, load_config
+from qjobd.daemon.engine.notify import BatchChanges
+from qjobd.daemon.engine.scheduler import Scheduler
+from qjobd.daemon.process import logs, systemd
+from qjobd.daemon.process.watchdog import Progress, Supervisor, status_line, supervising
+from qjobd.store import retention
+from qjobd.store.store import Store
 
 log = structlog.get_logger("qjobd")
 

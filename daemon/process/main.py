@@ -17,13 +17,13 @@ import json
 import sys
 from pathlib import Path
 
-from backends.registry import UnknownBackendType, backend_class
-from daemon import logs
-from daemon.api import VERSION
-from daemon.config import Config, ConfigError, load_config
-from daemon.server import SocketInUse
-from daemon.systemd import ActivationError
-from store.errors import StoreError
+from qjobd.backends.registry import UnknownBackendType, backend_class
+from qjobd.daemon.api.app import VERSION
+from qjobd.daemon.api.server import SocketInUse
+from qjobd.daemon.config import Config, ConfigError, load_config
+from qjobd.daemon.process import logs
+from qjobd.daemon.process.systemd import ActivationError
+from qjobd.store.errors import StoreError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "backup":
         return backup(Path(args.database or config.daemon.database), Path(args.destination))
     logs.configure(config.daemon.log_level)
-    from daemon import service  # after logging is configured
+    from qjobd.daemon.process import service  # after logging is configured
 
     try:
         asyncio.run(service.run(config, config_path=args.config))
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def backup(database: Path, destination: Path) -> int:
-    from store.backup import backup as copy_database
+    from qjobd.store.backup import backup as copy_database
 
     try:
         size = copy_database(database, destination)

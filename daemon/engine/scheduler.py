@@ -9,14 +9,14 @@ from collections.abc import Mapping
 
 import structlog
 
-from backends.base import Backend
-from daemon.backoff import Backoff
-from daemon.config import BackendConfig
-from daemon.notify import BatchChanges
-from daemon.runner import BackendRunner
-from store.models import Batch, Job
-from store.states import JobState
-from store.store import Store
+from qjobd.backends.base import Backend
+from qjobd.daemon.config import BackendConfig
+from qjobd.daemon.engine.backoff import Backoff
+from qjobd.daemon.engine.notify import BatchChanges
+from qjobd.daemon.engine.runner import BackendRunner
+from qjobd.store.models import Batch, Job
+from qjobd.store.states import JobState
+from qjobd.store.store import Store
 
 log = structlog.get_logger("qjobd.scheduler")
 

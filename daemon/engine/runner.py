@@ -22,17 +22,17 @@ from typing import Any, TypeVar
 import anyio
 import structlog
 
-from backends import qasm
-from backends.base import Backend, Circuit, RemoteState, RemoteStatus, SubmitRequest
-from backends.errors import AuthError, BackendError, RateLimited, Rejected, Unavailable
-from daemon.backoff import Backoff
-from daemon.config import BackendConfig
-from daemon.histogram import Histogram
-from daemon.ratelimit import Priority, RequestBudget
-from store.errors import StoreError
-from store.models import Batch, Job
-from store.states import IllegalTransition, JobState, can_move
-from store.store import Store
+from qjobd.backends import qasm
+from qjobd.backends.base import Backend, Circuit, RemoteState, RemoteStatus, SubmitRequest
+from qjobd.backends.errors import AuthError, BackendError, RateLimited, Rejected, Unavailable
+from qjobd.daemon.config import BackendConfig
+from qjobd.daemon.engine.backoff import Backoff
+from qjobd.daemon.engine.histogram import Histogram
+from qjobd.daemon.engine.ratelimit import Priority, RequestBudget
+from qjobd.store.errors import StoreError
+from qjobd.store.models import Batch, Job
+from qjobd.store.states import IllegalTransition, JobState, can_move
+from qjobd.store.store import Store
 
 log = structlog.get_logger("qjobd.runner")
 R = TypeVar("R")

@@ -45,7 +45,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, TextIO
 
-from daemon.client import (
+from qjobd.daemon.client.connection import (
     TERMINAL_STATES,
     ApiError,
     Client,

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 
 import structlog
 
-from daemon import systemd
-from daemon.scheduler import Scheduler
-from store.store import Store
+from qjobd.daemon.engine.scheduler import Scheduler
+from qjobd.daemon.process import systemd
+from qjobd.store.store import Store
 
 log = structlog.get_logger("qjobd.watchdog")
 

@@ -21,20 +21,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from backends.base import Backend
-from daemon import metrics, validation, views
-from daemon.config import Config
-from daemon.notify import BatchChanges
-from daemon.peer import Peer
-from daemon.scheduler import Scheduler
-from store.errors import DiskFull, IdempotencyConflict, NotFound, StoreUnavailable
-from store.models import Batch
-from store.states import JobState
-from store.store import Store
+import qjobd
+from qjobd.backends.base import Backend
+from qjobd.daemon.api import metrics, validation, views
+from qjobd.daemon.api.peer import Peer
+from qjobd.daemon.config import Config
+from qjobd.daemon.engine.notify import BatchChanges
+from qjobd.daemon.engine.scheduler import Scheduler
+from qjobd.store.errors import DiskFull, IdempotencyConflict, NotFound, StoreUnavailable
+from qjobd.store.models import Batch
+from qjobd.store.states import JobState
+from qjobd.store.store import Store
 
 log = structlog.get_logger("qjobd.api")
 
-VERSION = "0.1.0"
+VERSION = qjobd.__version__
 #: the longest a single /wait request holds the connection
 MAX_WAIT = 300.0
 

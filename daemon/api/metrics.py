@@ -19,11 +19,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from daemon.histogram import Histogram
-from store.states import JobState
+from qjobd.daemon.engine.histogram import Histogram
+from qjobd.store.states import JobState
 
 if TYPE_CHECKING:
-    from daemon.api import Context
+    from qjobd.daemon.api.app import Context
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
