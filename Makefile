@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint clean install
+.PHONY: run test test-unit lint clean install
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,10 +16,14 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/qjobd serve
 
-## test: set everything up and run the whole test suite (and the linter)
+## test: set everything up and run the whole test suite, every tier (and the linter)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/pytest
+
+## test-unit: the unit tier alone (no server, no subprocess, no sleeping): seconds
+test-unit: $(STAMP)
+	$(BIN)/pytest tests/unit
 
 ## install: install qjobd as a hardened systemd service (as root): its own virtual
 ## environment in /opt/qjobd, the units, sysusers, /etc/qjobd; see README "Run as a service".

@@ -27,7 +27,7 @@ from qjobd.store.store import Store
 from tests.conftest import BELL2, Daemon, eventually, short_tmpdir
 from tests.daemon_proc import DaemonProcess, wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 Q, SING, SUB, RUN = JobState.QUEUED, JobState.SUBMITTING, JobState.SUBMITTED, JobState.RUNNING
 DONE, FAIL, CANC = JobState.COMPLETED, JobState.FAILED, JobState.CANCELED
 #: every table holding rows of a batch, and the column that says which

@@ -21,7 +21,7 @@ from bench.scale_bench import (
 )
 from bench.scale_bench import parse_args as scale_args
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_max_in_window_counts_the_busiest_second() -> None:

@@ -119,7 +119,7 @@ print(json.dumps({"names": [x.getsockname() for x in socks],
 
 def _adopt(*args: str) -> dict[str, Any]:
     r = subprocess.run([sys.executable, "-c", ADOPT, *args], capture_output=True, text=True,
-                       timeout=30, cwd=Path(__file__).resolve().parent.parent)
+                       timeout=30, cwd=Path(__file__).resolve().parents[2])
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 

@@ -17,7 +17,7 @@ import pytest
 
 from bench.ionq_bench import DOC_BEGIN, DOC_END, ROWS, helper_schedule, percentile
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 needs_ionq_core = pytest.mark.skipif(
     importlib.util.find_spec("ionq_core") is None,

@@ -32,7 +32,7 @@ from qjobd.daemon.config import parse_config
 from tests.conftest import BELL2, short_tmpdir
 from tests.daemon_proc import accepts, wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "systemd"
 BIN = Path(sys.executable).parent
 
