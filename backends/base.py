@@ -32,6 +32,11 @@ class RemoteState(enum.StrEnum):
     #: a status this backend does not recognise; the daemon keeps polling
     UNKNOWN = "unknown"
 
+    @property
+    def terminal(self) -> bool:
+        """The remote job is over: nothing about it changes any more."""
+        return self in (RemoteState.COMPLETED, RemoteState.FAILED, RemoteState.CANCELED)
+
 
 class Grouping(enum.StrEnum):
     """How a batch's circuits map onto remote jobs."""

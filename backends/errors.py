@@ -10,8 +10,10 @@
 
 from __future__ import annotations
 
+from qjobd.errors import QjobdError
 
-class BackendError(Exception):
+
+class BackendError(QjobdError):
     """The backend failed."""
 
     def __init__(self, message: str | None = None) -> None:

@@ -45,6 +45,7 @@ from qjobd.backends.base import (
     SubmitRequest,
 )
 from qjobd.backends.errors import ProtocolError, Rejected, Unavailable
+from qjobd.errors import QjobdError
 
 __all__ = ["METHODS", "RETENTION", "LocalBackend"]
 
@@ -65,7 +66,6 @@ METHODS = frozenset(
 #: seconds a finished job's status and counts are kept for the daemon to fetch
 RETENTION = 3600.0
 
-_TERMINAL = frozenset({RemoteState.COMPLETED, RemoteState.FAILED, RemoteState.CANCELED})
 _CONFIG_KEYS = frozenset({"workers", "max_qubits"})
 #: a worker imports Qiskit and Aer before it is ready; a cold disk can make that slow
 _READY_TIMEOUT = 120.0
@@ -75,7 +75,7 @@ _EXIT_GRACE = 1.0
 _T = TypeVar("_T")
 
 
-class _WorkerStartError(Exception):
+class _WorkerStartError(QjobdError):
     """A worker process could not start or initialise."""
 
 
@@ -255,7 +255,7 @@ class LocalBackend(Backend):
     async def cancel(self, remote_ids: Sequence[str]) -> None:
         for remote_id in remote_ids:
             job = self._jobs.get(remote_id)
-            if job is None or job.state in _TERMINAL:
+            if job is None or job.state.terminal:
                 continue
             slot = job.slot
             # A queued job stays in the queue, where its worker skips it.
@@ -332,7 +332,7 @@ class LocalBackend(Backend):
         error: str | None = None,
         counts: dict[str, Counts] | None = None,
     ) -> None:
-        assert job.state not in _TERMINAL, f"job {job.id} is already {job.state}"
+        assert not job.state.terminal, f"job {job.id} is already {job.state}"
         job.state, job.error, job.counts, job.slot = state, error, counts, None
         job.finished_at = time.monotonic()
         self._finished.append((job.finished_at, job.id))

@@ -30,6 +30,8 @@ from openqasm3._antlr.qasm3Parser import qasm3Parser
 from openqasm3.parser import QASM3ParsingError, QASMNodeVisitor
 from qiskit.circuit import QuantumCircuit
 
+from qjobd.errors import QjobdError
+
 __all__ = ["ParsedCircuit", "QasmError", "convert", "load_circuit", "parse_circuit"]
 
 #: why a circuit without measurements is refused
@@ -50,7 +52,7 @@ class ParsedCircuit:
     num_clbits: int
 
 
-class QasmError(Exception):
+class QasmError(QjobdError):
     """A circuit could not be parsed, validated or converted."""
 
     def __init__(

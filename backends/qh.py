@@ -27,6 +27,8 @@ import binascii
 from collections.abc import Mapping
 from typing import Any
 
+from qjobd.errors import QjobdError
+
 __all__ = ["ENCODINGS", "MAX_WIDTH", "QHError", "decode_envelope", "decode_payload"]
 
 #: envelope ``encoding`` -> payload magic
@@ -37,7 +39,7 @@ MAX_WIDTH = 1 << 16
 _MAX_SCALAR_BYTES = 10
 
 
-class QHError(ValueError):
+class QHError(QjobdError, ValueError):
     """A QH1/QH2 histogram is malformed or fails an integrity check."""
 
 

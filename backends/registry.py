@@ -15,11 +15,12 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from qjobd.backends.base import Backend
+from qjobd.errors import QjobdError
 
 GROUP = "qjobd.backends"
 
 
-class UnknownBackendType(LookupError):
+class UnknownBackendType(QjobdError, LookupError):
     """No installed backend has this type name."""
 
 

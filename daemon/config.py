@@ -15,10 +15,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qjobd.errors import QjobdError
+
 SYSTEM_CONFIG = Path("/etc/qjobd/qjobd.toml")
 
 
-class ConfigError(Exception):
+class ConfigError(QjobdError):
     """The configuration is invalid."""
 
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import sqlite3
 
+from qjobd.errors import QjobdError
 
-class StoreError(Exception):
+
+class StoreError(QjobdError):
     """The store failed."""
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 
+from qjobd.errors import QjobdError
+
 
 class JobState(enum.StrEnum):
     #: stored, not yet sent
@@ -64,7 +66,7 @@ LEGAL_MOVES: dict[JobState, frozenset[JobState]] = {
 }
 
 
-class IllegalTransition(Exception):
+class IllegalTransition(QjobdError):
     """A job was asked to make a move the state machine does not allow."""
 
     def __init__(self, job_id: str, current: str | None, target: JobState) -> None:

@@ -28,6 +28,7 @@ from qjobd.daemon.api.peer import Peer
 from qjobd.daemon.config import Config
 from qjobd.daemon.engine.notify import BatchChanges
 from qjobd.daemon.engine.scheduler import Scheduler
+from qjobd.errors import QjobdError
 from qjobd.store.errors import DiskFull, IdempotencyConflict, NotFound, StoreUnavailable
 from qjobd.store.models import Batch
 from qjobd.store.states import JobState
@@ -52,7 +53,9 @@ class Context:
     started_at: float = field(default_factory=time.monotonic)
 
 
-class ApiError(Exception):
+class ErrorAnswer(QjobdError):
+    """An error answer: the HTTP status, a code, a message and details."""
+
     def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.details = status, code, message, details
@@ -79,12 +82,12 @@ def create_app(ctx: Context) -> Starlette:
     # store errors get their own handler: the catch-all for Exception answers, then
     # re-raises (Starlette's ServerErrorMiddleware), which would log a 507 as a crash
     return Starlette(routes=routes, exception_handlers={
-        ApiError: _api_error, HTTPException: _http_error, StoreUnavailable: _store_error,
+        ErrorAnswer: _api_error, HTTPException: _http_error, StoreUnavailable: _store_error,
         Exception: _internal_error})
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
+    assert isinstance(exc, ErrorAnswer)
     return error_response(exc.status, exc.code, exc.message, exc.details)
 
 
@@ -119,7 +122,7 @@ class _Api:
         raw = await _read_body(request, self.ctx.config.daemon.max_request_bytes)
         key = request.headers.get("idempotency-key")
         if key is not None and not 1 <= len(key) <= 200:
-            raise ApiError(400, "invalid_request", "Idempotency-Key must be 1 to 200 characters")
+            raise ErrorAnswer(400, "invalid_request", "Idempotency-Key must be 1 to 200 characters")
         try:
             body = validation.parse_body(raw)
             fields = validation.check_submission(body, self.ctx.backends)
@@ -128,16 +131,16 @@ class _Api:
             records = await anyio.to_thread.run_sync(
                 validation.parse_circuits, fields["circuits"], backend)
         except validation.InvalidRequest as exc:
-            raise ApiError(400, exc.code, exc.message, exc.details) from None
+            raise ErrorAnswer(400, exc.code, exc.message, exc.details) from None
         except validation.InvalidCircuits as exc:
-            raise ApiError(422, exc.code, exc.message, exc.details) from None
+            raise ErrorAnswer(422, exc.code, exc.message, exc.details) from None
         new = validation.build_batch(fields, records, backend, owner_uid=peer.uid,
                                      idempotency_key=key, raw_body=body)
         try:
             batch, created = await self.ctx.store.create_batch(new)
         except IdempotencyConflict as exc:
-            raise ApiError(409, "idempotency_conflict", str(exc),
-                           {"batch_id": exc.batch_id}) from None
+            raise ErrorAnswer(409, "idempotency_conflict", str(exc),
+                              {"batch_id": exc.batch_id}) from None
         if created:
             self.ctx.scheduler.accepted(batch)
             self.ctx.changes.notify(batch.id)
@@ -150,8 +153,8 @@ class _Api:
         q = request.query_params
         state = q.get("state") or None
         if state is not None and state not in JobState.__members__.values():
-            raise ApiError(400, "invalid_request", f"unknown state {state!r}; one of "
-                           f"{', '.join(JobState)}", {"field": "state"})
+            raise ErrorAnswer(400, "invalid_request", f"unknown state {state!r}; one of "
+                              f"{', '.join(JobState)}", {"field": "state"})
         limit = _int_param(q.get("limit"), "limit", 100, 1, 1000)
         before = None
         if cursor := q.get("cursor"):
@@ -169,9 +172,9 @@ class _Api:
     async def results(self, request: Request) -> Response:
         batch = await self._batch(request, with_jobs=False)
         if not batch.state.terminal:
-            raise ApiError(409, "not_finished", f"batch {batch.id} is {batch.state}; results "
-                           "are served once it is terminal (GET .../wait)",
-                           {"state": str(batch.state)})
+            raise ErrorAnswer(409, "not_finished", f"batch {batch.id} is {batch.state}; results "
+                              "are served once it is terminal (GET .../wait)",
+                              {"state": str(batch.state)})
         results = await self.ctx.store.results(batch.id)
         return JSONResponse(views.results_view(batch, results))
 
@@ -276,11 +279,11 @@ class _Api:
         try:
             batch = await self.ctx.store.get_batch(batch_id, with_jobs=with_jobs)
         except NotFound:
-            raise ApiError(404, "not_found", f"no batch {batch_id!r}") from None
+            raise ErrorAnswer(404, "not_found", f"no batch {batch_id!r}") from None
         peer = _peer(request)
         if not peer.admin and batch.owner_uid != peer.uid:
-            raise ApiError(403, "forbidden", f"batch {batch_id} belongs to "
-                           f"{views.user_name(batch.owner_uid)}, not to you")
+            raise ErrorAnswer(403, "forbidden", f"batch {batch_id} belongs to "
+                              f"{views.user_name(batch.owner_uid)}, not to you")
         return batch
 
 
@@ -293,14 +296,15 @@ def _peer(request: Request) -> Peer:
 async def _read_body(request: Request, limit: int) -> bytes:
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
-        raise ApiError(413, "too_large", f"the body is {int(length)} bytes; the limit is {limit}",
-                       {"limit": limit})
+        raise ErrorAnswer(413, "too_large",
+                          f"the body is {int(length)} bytes; the limit is {limit}",
+                          {"limit": limit})
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise ApiError(413, "too_large", f"the body is over the limit of {limit} bytes",
-                           {"limit": limit})
+            raise ErrorAnswer(413, "too_large", f"the body is over the limit of {limit} bytes",
+                              {"limit": limit})
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -311,11 +315,11 @@ def _int_param(value: str | None, name: str, default: int, low: int, high: int) 
     try:
         number = int(value)
     except ValueError:
-        raise ApiError(400, "invalid_request", f"{name!r} must be an integer, got {value!r}",
-                       {"field": name}) from None
+        raise ErrorAnswer(400, "invalid_request", f"{name!r} must be an integer, got {value!r}",
+                          {"field": name}) from None
     if not low <= number <= high:
-        raise ApiError(400, "invalid_request", f"{name!r} must be between {low} and {high}",
-                       {"field": name})
+        raise ErrorAnswer(400, "invalid_request", f"{name!r} must be between {low} and {high}",
+                          {"field": name})
     return number
 
 
@@ -325,10 +329,10 @@ def _float_param(value: str | None, name: str, default: float, low: float, high:
     try:
         number = float(value)
     except ValueError:
-        raise ApiError(400, "invalid_request", f"{name!r} must be a number, got {value!r}",
-                       {"field": name}) from None
+        raise ErrorAnswer(400, "invalid_request", f"{name!r} must be a number, got {value!r}",
+                          {"field": name}) from None
     if not low <= number <= high:
-        raise ApiError(400, "invalid_request", f"{name!r} must be between {low:g} and {high:g}",
-                       {"field": name})
+        raise ErrorAnswer(400, "invalid_request", f"{name!r} must be between {low:g} and {high:g}",
+                          {"field": name})
     return number
 

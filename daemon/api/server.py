@@ -14,9 +14,10 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from qjobd.daemon.api.peer import PeerCredProtocol
+from qjobd.errors import QjobdError
 
 
-class SocketInUse(Exception):
+class SocketInUse(QjobdError):
     """Another qjobd is serving on the socket path or the database."""
 
 

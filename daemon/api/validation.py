@@ -10,6 +10,7 @@ from typing import Any
 
 from qjobd.backends import qasm
 from qjobd.backends.base import Backend, Grouping
+from qjobd.errors import QjobdError
 from qjobd.store.models import CircuitRecord, NewBatch
 
 MAX_LABEL = 200
@@ -19,7 +20,7 @@ MAX_TAG_TEXT = 500
 _FIELDS = {"backend", "circuits", "shots", "name", "tags", "timeout", "options"}
 
 
-class InvalidRequest(Exception):
+class InvalidRequest(QjobdError):
     """The request is malformed (HTTP 400)."""
 
     code = "invalid_request"
@@ -32,7 +33,7 @@ class InvalidRequest(Exception):
             self.code = code
 
 
-class InvalidCircuits(Exception):
+class InvalidCircuits(QjobdError):
     """One or more circuits are not valid OpenQASM (HTTP 422)."""
 
     code = "invalid_qasm"

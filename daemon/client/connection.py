@@ -29,6 +29,8 @@ from urllib.parse import quote
 import httpx
 
 from qjobd.daemon.config import ConfigError, default_socket_path, load_config
+from qjobd.errors import QjobdError
+from qjobd.store.states import TERMINAL
 
 __all__ = [
     "TERMINAL_STATES",
@@ -41,8 +43,8 @@ __all__ = [
     "resolve_socket_path",
 ]
 
-#: batch and job states after which nothing changes any more
-TERMINAL_STATES = frozenset({"completed", "failed", "canceled", "timed_out"})
+#: batch and job states after which nothing changes any more (as the API spells them)
+TERMINAL_STATES = frozenset(str(state) for state in TERMINAL)
 
 START_HINT = "is qjobd running? start it with `make run` or `systemctl start qjobd`"
 
@@ -55,7 +57,7 @@ MAX_LONG_POLL = 300.0
 _WAIT_GRACE = 10.0
 
 
-class ClientError(Exception):
+class ClientError(QjobdError):
     """Talking to qjobd failed."""
 
 

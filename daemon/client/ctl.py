@@ -49,6 +49,7 @@ from qjobd.daemon.client.connection import (
     TERMINAL_STATES,
     ApiError,
     Client,
+    ClientError,
     DaemonUnreachable,
 )
 
@@ -75,7 +76,7 @@ RECONNECT_GRACE = 60.0
 RECONNECT_DELAY = 1.0
 
 
-class UsageError(Exception):
+class UsageError(ClientError):
     """Bad local input: exit 2, nothing sent."""
 
 

@@ -35,12 +35,13 @@ from qjobd.daemon.engine.notify import BatchChanges
 from qjobd.daemon.engine.scheduler import Scheduler
 from qjobd.daemon.process import logs, systemd
 from qjobd.daemon.process.watchdog import Progress, Supervisor, status_line, supervising
+from qjobd.errors import QjobdError
 from qjobd.store import retention
 from qjobd.store.store import Store
 
 log = structlog.get_logger("qjobd")
 
-class CoreTaskFailed(Exception):
+class CoreTaskFailed(QjobdError):
     """The scheduler or the server ended on its own; the daemon stopped."""
 
 

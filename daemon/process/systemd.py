@@ -14,11 +14,13 @@ import os
 import socket
 import time
 
+from qjobd.errors import QjobdError
+
 #: the first inherited fd (SD_LISTEN_FDS_START)
 LISTEN_FDS_START = 3
 
 
-class ActivationError(Exception):
+class ActivationError(QjobdError):
     """The sockets systemd handed over cannot serve the API."""
 
 

@@ -1,0 +1,45 @@
+"""The root of every error qjobd raises on purpose.
+
+Each layer translates what fails below it into its own subclass at its boundary
+(``raise ... from exc``), so ``except QjobdError`` catches every failure qjobd means to
+report, and nothing else::
+
+    QjobdError
+    ├── ConfigError            qjobd.daemon.config: the configuration is invalid
+    ├── BackendError           qjobd.backends.errors: a backend failed
+    │   ├── Unavailable        the provider could not answer now: retry later
+    │   │   └── RateLimited    429: pause the whole backend for retry_after
+    │   ├── Rejected           the provider refused the request itself: never retry
+    │   ├── AuthError          the credentials were refused
+    │   └── ProtocolError      an answer this backend does not understand
+    ├── UnknownBackendType     qjobd.backends.registry: no installed backend has the type
+    ├── QasmError              qjobd.backends.qasm: a circuit cannot be parsed or converted
+    ├── QHError                qjobd.backends.qh: a Qoro histogram is malformed
+    ├── StoreError             qjobd.store.errors: the store failed
+    │   ├── StoreUnavailable   the database cannot take writes now
+    │   │   └── DiskFull       no space left for the write
+    │   ├── CorruptDatabase    the file failed its integrity check
+    │   ├── SchemaTooNew       the file was written by a newer qjobd
+    │   ├── NotFound           no such batch
+    │   └── IdempotencyConflict  the key was used before with another body
+    ├── IllegalTransition      qjobd.store.states: a move the state machine forbids
+    ├── ErrorAnswer            qjobd.daemon.api.app: an HTTP error answer (status, code)
+    ├── InvalidRequest         qjobd.daemon.api.validation: a malformed submission (400)
+    ├── InvalidCircuits        qjobd.daemon.api.validation: invalid OpenQASM (422)
+    ├── SocketInUse            qjobd.daemon.api.server: another qjobd serves there
+    ├── ActivationError        qjobd.daemon.process.systemd: unusable inherited sockets
+    ├── CoreTaskFailed         qjobd.daemon.process.service: a core task ended
+    └── ClientError            qjobd.daemon.client (qjobd.client): talking to qjobd failed
+        ├── ApiError           the daemon answered with an error
+        ├── DaemonUnreachable  no daemon on the socket
+        │   └── DaemonTimeout  the daemon did not answer in time
+        └── UsageError         qjobctl: bad local input, nothing sent
+"""
+
+from __future__ import annotations
+
+__all__ = ["QjobdError"]
+
+
+class QjobdError(Exception):
+    """qjobd failed."""
