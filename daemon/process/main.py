@@ -3,7 +3,10 @@
     qjobd serve [--config PATH]          run in the foreground (systemd-friendly:
                                          Type=notify, watchdog, socket activation;
                                          SIGHUP reloads the configuration)
-    qjobd check-config [--config PATH]   validate and print the effective configuration
+    qjobd check-config [--config PATH] [--get KEY]
+                                         validate and print the effective configuration
+                                         (--get daemon.socket: that one value, e.g.
+                                         for `curl --unix-socket`)
     qjobd backup [--config PATH] [--database PATH] DEST
                                          a consistent copy of the database, safe while
                                          the daemon runs (SQLite's online backup)
@@ -16,6 +19,7 @@ import asyncio
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from qjobd.backends.registry import UnknownBackendType, backend_class
 from qjobd.daemon.api.app import VERSION
@@ -35,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
                        ("check-config", "validate and print the effective configuration")):
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("--config", metavar="PATH", help="the TOML configuration file")
+        if name == "check-config":
+            p.add_argument("--get", metavar="KEY",
+                           help="print only this setting, a dotted path into the printed "
+                                "configuration (e.g. daemon.socket); text as is, tables "
+                                "as JSON")
     text = "copy the database consistently, even while the daemon runs"
     p = sub.add_parser("backup", help=text, description=text + (
         ". The copy is written beside DEST and renamed into place once it is complete "
@@ -51,8 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qjobd: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.command == "check-config":
-        print(json.dumps(config.to_dict(), indent=2))
-        return 0
+        return print_config(config, args.get)
     if args.command == "backup":
         return backup(Path(args.database or config.daemon.database), Path(args.destination))
     logs.configure(config.daemon.log_level)
@@ -63,6 +71,26 @@ def main(argv: list[str] | None = None) -> int:
     except (StoreError, SocketInUse, ActivationError, service.CoreTaskFailed) as exc:
         print(f"qjobd: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def print_config(config: Config, key: str | None) -> int:
+    """``check-config``: the effective configuration as JSON, or one setting of it."""
+    value: Any = config.to_dict()
+    if key is None:
+        print(json.dumps(value, indent=2))
+        return 0
+    walked: list[str] = []
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            where = ".".join(walked) or "the top level"
+            about = (f"{where} has: {', '.join(map(str, value))}" if isinstance(value, dict)
+                     else f"{where} is a single value")
+            print(f"qjobd: check-config: no setting {key!r} ({about})", file=sys.stderr)
+            return 2
+        walked.append(part)
+        value = value[part]
+    print(value if isinstance(value, str) else json.dumps(value, indent=2))
     return 0
 
 

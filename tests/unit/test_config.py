@@ -431,3 +431,36 @@ def test_check_config_names_the_missing_type(capsys, tmp_path):
 def test_check_config_with_a_missing_file_exits_2(capsys, tmp_path):
     assert main(["check-config", "--config", str(tmp_path / "nope.toml")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_check_config_get_prints_one_setting_for_scripts(capsys, monkeypatch, tmp_path):
+    # README: SOCK=$(qjobd check-config --get daemon.socket); curl --unix-socket "$SOCK" ...
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    assert main(["check-config", "--get", "daemon.socket"]) == 0
+    assert capsys.readouterr() == (str(tmp_path / "qjobd" / "qjobd.sock") + "\n", "")
+
+    path = write(tmp_path / "q.toml", '[daemon]\nsocket = "/run/q/q.sock"\n')
+    monkeypatch.setenv("QJOBD_CONFIG", str(path))
+    assert main(["check-config", "--get", "daemon.socket"]) == 0
+    assert capsys.readouterr().out == "/run/q/q.sock\n"
+    monkeypatch.setenv("QJOBD_SOCKET", "/env/q.sock")  # as qjobctl and the daemon see it
+    assert main(["check-config", "--get", "daemon.socket"]) == 0
+    assert capsys.readouterr().out == "/env/q.sock\n"
+
+    assert main(["check-config", "--get", "polling.max_interval"]) == 0
+    assert capsys.readouterr().out == "30.0\n"
+    assert main(["check-config", "--get", "backends.local.polling"]) == 0
+    assert json.loads(capsys.readouterr().out)["max_interval"] == 1.0
+
+
+@pytest.mark.parametrize(("key", "expected"), [
+    ("daemon.sockt", "no setting 'daemon.sockt' (daemon has: socket, database"),
+    ("daemon.socket.path", "(daemon.socket is a single value)"),
+    ("nosuch", "(the top level has: daemon, polling, backends"),
+])
+def test_check_config_get_of_an_unknown_key_exits_2_naming_what_exists(capsys, key,
+                                                                        expected):
+    assert main(["check-config", "--get", key]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("qjobd: check-config: ") and expected in err
