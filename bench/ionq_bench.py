@@ -48,8 +48,8 @@ import httpx
 
 from qjobd.daemon.client.connection import TERMINAL_STATES
 from qjobd.daemon.config import PollingConfig
-from tests.daemon_proc import accepts
-from tests.fake_ionq import FakeIonQProcess
+from qjobd.testing.daemon_process import accepts
+from qjobd.testing.fake_ionq import FakeIonQProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

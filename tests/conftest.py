@@ -18,7 +18,7 @@ from qjobd.daemon.config import parse_config
 from qjobd.daemon.engine.notify import BatchChanges
 from qjobd.daemon.engine.scheduler import Scheduler
 from qjobd.store.store import Store
-from tests.fakes import ScriptedBackend
+from qjobd.testing.scripted import ScriptedBackend
 
 BELL2 = """OPENQASM 2.0;
 include "qelib1.inc";

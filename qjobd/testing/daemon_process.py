@@ -13,8 +13,14 @@ from pathlib import Path
 
 import httpx
 
+from qjobd.store import states
+
+__all__ = ["BIN", "TERMINAL", "DaemonProcess", "accepts", "wait_until"]
+
+#: where the running interpreter's ``qjobd`` and ``qjobctl`` scripts are
 BIN = Path(sys.executable).parent
-TERMINAL = {"completed", "failed", "canceled", "timed_out"}
+#: the terminal batch and job states, as the API spells them
+TERMINAL = frozenset(str(state) for state in states.TERMINAL)
 
 
 def wait_until(predicate: Callable[[], object], limit: float, what: str) -> None:

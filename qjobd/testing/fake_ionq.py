@@ -15,7 +15,7 @@ Two ways to run it:
 
 * as a separate process (its CPU is not counted in the client's)::
 
-      python -m tests.fake_ionq --port 0 --port-file /tmp/p --api-key k --duration 2,4
+      python -m qjobd.testing.fake_ionq --port 0 --port-file /tmp/p --api-key k --duration 2,4
 
   or ``FakeIonQProcess(api_key="k", knobs={...}).start()``; its state is read through the
   control API under ``/_fake/`` (no auth): ``GET /_fake/stats``, ``GET /_fake/jobs``,
@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-from tests.fake_server import FakeServer, TokenBucket
+from qjobd.testing.fake_server import FakeServer, TokenBucket
 
 __all__ = [
     "HISTOGRAM_V1",
@@ -1241,7 +1241,7 @@ async def _server_error(send: Any, rid: str, status: int, retry_after: Any) -> N
 # --------------------------------------------------------------------------- process mode
 
 class FakeIonQProcess:
-    """``python -m tests.fake_ionq`` in a child process, driven through ``/_fake/``."""
+    """``python -m qjobd.testing.fake_ionq`` in a child process, driven through ``/_fake/``."""
 
     def __init__(self, *, api_key: str = "test-key", knobs: Mapping[str, Any] | None = None,
                  seed: int = 0, python: str = sys.executable,
@@ -1250,7 +1250,8 @@ class FakeIonQProcess:
         self.knobs = dict(knobs or {})
         self.seed = seed
         self.python = python
-        self.cwd = str(cwd) if cwd is not None else str(Path(__file__).resolve().parent.parent)
+        #: the child's working directory (None: ours); the fake runs from the installed package
+        self.cwd = str(cwd) if cwd is not None else None
         self.port: int | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
@@ -1270,7 +1271,7 @@ class FakeIonQProcess:
     def start(self, timeout: float = 15.0) -> FakeIonQProcess:
         self._dir = tempfile.TemporaryDirectory(prefix="fake-ionq-")
         port_file = Path(self._dir.name) / "port"
-        cmd = [self.python, "-m", "tests.fake_ionq", "--port", "0", "--port-file",
+        cmd = [self.python, "-m", "qjobd.testing.fake_ionq", "--port", "0", "--port-file",
                str(port_file), "--api-key", self.api_key, "--seed", str(self.seed),
                "--knobs-json", json.dumps(self.knobs)]
         self.proc = subprocess.Popen(cmd, cwd=self.cwd, stdin=subprocess.DEVNULL)
@@ -1349,7 +1350,7 @@ def _parse_range(text: str) -> float | tuple[float, float]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tests.fake_ionq",
+    p = argparse.ArgumentParser(prog="python -m qjobd.testing.fake_ionq",
                                 description="Fake IonQ v0.4 jobs API on 127.0.0.1")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0 picks a free port")

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import parse_qsl
 
-from tests.fake_server import FakeServer, TokenBucket
+from qjobd.testing.fake_server import FakeServer, TokenBucket
 
 __all__ = ["MAX_BODY_BYTES", "FakeQoro", "Knobs", "encode_qh", "planted_counts",
            "qh_envelope", "uleb128"]

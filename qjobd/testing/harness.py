@@ -1,4 +1,4 @@
-"""One real HTTP backend inside the daemon's engine, pointed at a fake provider.
+"""One real HTTP backend inside the daemon's engine, pointed at a fake provider (needs pytest).
 
 The daemon's parts run in-process (store on a real file, scheduler, API through ASGI);
 the backend is the production one, its ``base_url`` the fake's, so a test drives the
@@ -25,11 +25,13 @@ from qjobd.daemon.config import parse_config
 from qjobd.daemon.engine.notify import BatchChanges
 from qjobd.daemon.engine.scheduler import Scheduler
 from qjobd.daemon.process import logs
+from qjobd.store import states
 from qjobd.store.store import Store
 
 __all__ = ["QUICK_POLLING", "TERMINAL", "Harness", "backend_daemon"]
 
-TERMINAL = {"completed", "failed", "canceled", "timed_out"}
+#: the terminal batch and job states, as the API spells them
+TERMINAL = frozenset(str(state) for state in states.TERMINAL)
 #: polling quick enough for a fake's jobs of tenths of a second
 QUICK_POLLING = {"initial_interval": 0.05, "max_interval": 0.2, "jitter": 0.1}
 

@@ -2,7 +2,8 @@
 
 Jobs move queued -> running -> completed after a set number of status polls, or stay
 where a test holds them. Counts put every shot on the all-zeros bitstring unless a
-test plants others.
+test plants others. Configured as any backend (``ScriptedBackend(name, config)``, config
+keys ``polls_to_finish`` and ``hold``); its fault knobs are attributes.
 """
 
 from __future__ import annotations
@@ -23,9 +24,13 @@ from qjobd.backends.base import (
 )
 from qjobd.backends.errors import ProtocolError, RateLimited, Rejected, Unavailable
 
+__all__ = ["FakeJob", "ScriptedBackend"]
+
 
 @dataclass
 class FakeJob:
+    """One job of the scripted "provider"."""
+
     request: SubmitRequest
     state: RemoteState = RemoteState.QUEUED
     raw: str = "queued"
@@ -36,6 +41,8 @@ class FakeJob:
 
 
 class ScriptedBackend(Backend):
+    """A backend whose "provider" is a dict in memory, driven by the test."""
+
     capabilities = Capabilities(batch_status=True, max_status_batch=100, lookup_by_key=True,
                                 default_shots=100, max_shots=10_000, max_qubits=10)
 

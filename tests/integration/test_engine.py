@@ -19,8 +19,8 @@ from qjobd.daemon.engine.scheduler import Scheduler
 from qjobd.store.models import Batch, CircuitRecord, NewBatch
 from qjobd.store.states import JobState
 from qjobd.store.store import Store
+from qjobd.testing.scripted import ScriptedBackend
 from tests.conftest import BELL2, FAST_POLLING, eventually
-from tests.fakes import ScriptedBackend
 
 
 def configs(rps: float = 0.0) -> dict:

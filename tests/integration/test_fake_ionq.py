@@ -12,8 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import BELL3
-from tests.fake_ionq import (
+from qjobd.testing.fake_ionq import (
     HISTOGRAM_V1,
     PROBABILITIES_V1,
     FakeIonQ,
@@ -23,6 +22,7 @@ from tests.fake_ionq import (
     http_date,
     planted_histogram,
 )
+from tests.conftest import BELL3
 
 KEY = "secret-key"
 FIVE_BITS = """// a comment first

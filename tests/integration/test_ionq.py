@@ -22,9 +22,9 @@ from qjobd.backends.ionq import IonQBackend
 from qjobd.store.models import CircuitRecord, NewBatch
 from qjobd.store.states import JobState
 from qjobd.store.store import Store
-from tests.backend_daemon import Harness, backend_daemon
+from qjobd.testing.fake_ionq import FakeIonQ
+from qjobd.testing.harness import Harness, backend_daemon
 from tests.conftest import BELL2, BELL3, count_rows, eventually
-from tests.fake_ionq import FakeIonQ
 
 KEY = "sk-test-7f3a9c2e11d04b"
 GHZ3 = BELL3.replace("qubit[2] q;", "qubit[3] q;").replace("bit[2] c;", "bit[3] c;") \

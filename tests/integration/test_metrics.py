@@ -15,9 +15,9 @@ import pytest
 
 from qjobd.backends.ionq import IonQBackend
 from qjobd.daemon.api import metrics
-from tests.backend_daemon import backend_daemon
+from qjobd.testing.fake_ionq import FakeIonQ
+from qjobd.testing.harness import backend_daemon
 from tests.conftest import BELL2, BELL3, Daemon, eventually
-from tests.fake_ionq import FakeIonQ
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STATES = {"queued", "submitting", "submitted", "running", "completed", "failed", "canceled",

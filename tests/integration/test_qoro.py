@@ -21,9 +21,9 @@ import pytest
 from qjobd.backends.base import Circuit, SubmitRequest
 from qjobd.backends.errors import ProtocolError, Rejected
 from qjobd.backends.qoro import MAX_FRAGMENT_BYTES, QoroBackend, histogram_counts, pack_fragments
-from tests.backend_daemon import Harness, backend_daemon
+from qjobd.testing.fake_qoro import MAX_BODY_BYTES, FakeQoro, qh_envelope
+from qjobd.testing.harness import Harness, backend_daemon
 from tests.conftest import BELL2, BELL3, count_rows, eventually
-from tests.fake_qoro import MAX_BODY_BYTES, FakeQoro, qh_envelope
 
 KEY = "qoro-sk-4d1c9e07aa52f3"
 WIDE70 = ('OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[70];\ncreg c[70];\n'

@@ -24,8 +24,8 @@ from qjobd.store.models import Batch, CircuitRecord, NewBatch
 from qjobd.store.retention import DAY, RetentionStats, cutoff_for, purge_chunk, run_periodically
 from qjobd.store.states import JobState
 from qjobd.store.store import Store
+from qjobd.testing.daemon_process import DaemonProcess, wait_until
 from tests.conftest import BELL2, Daemon, eventually, short_tmpdir
-from tests.daemon_proc import DaemonProcess, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 Q, SING, SUB, RUN = JobState.QUEUED, JobState.SUBMITTING, JobState.SUBMITTED, JobState.RUNNING

@@ -20,8 +20,8 @@ from qjobd.daemon.engine.scheduler import Scheduler
 from qjobd.store.models import CircuitRecord, NewBatch
 from qjobd.store.states import JobState
 from qjobd.store.store import Store
+from qjobd.testing.scripted import ScriptedBackend
 from tests.conftest import BELL2, eventually
-from tests.fakes import ScriptedBackend
 
 #: steps 0.01, 0.02, 0.04 (the cap), no jitter: every interval is a step
 POLLING = {"initial_interval": 0.01, "backoff_factor": 2.0, "max_interval": 0.04,

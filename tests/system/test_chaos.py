@@ -21,9 +21,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from qjobd.testing.daemon_process import TERMINAL, DaemonProcess, wait_until
+from qjobd.testing.fake_ionq import FakeIonQProcess
 from tests.conftest import BELL3, short_tmpdir
-from tests.daemon_proc import TERMINAL, DaemonProcess, wait_until
-from tests.fake_ionq import FakeIonQProcess
 
 KEY = "sk-chaos-5d1e0b7a"
 ROUNDS = int(os.environ.get("QJOBD_CHAOS_ROUNDS", "9"))

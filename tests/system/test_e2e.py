@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from qjobd.testing.daemon_process import BIN, TERMINAL, wait_until
+from qjobd.testing.daemon_process import DaemonProcess as Daemon
 from tests.conftest import EXAMPLES, short_tmpdir
-from tests.daemon_proc import BIN, TERMINAL, wait_until
-from tests.daemon_proc import DaemonProcess as Daemon
 
 # slow enough to still be running when the daemon is killed: ~1 s of statevector work each
 SLOW = """OPENQASM 2.0;

@@ -29,8 +29,8 @@ import httpx
 import pytest
 
 from qjobd.daemon.config import parse_config
+from qjobd.testing.daemon_process import accepts, wait_until
 from tests.conftest import BELL2, short_tmpdir
-from tests.daemon_proc import accepts, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "systemd"
@@ -240,14 +240,14 @@ class NotifyListener:
 
 
 def plugin_dir(root: Path) -> Path:
-    """An installed-distribution stub exposing tests.fakes.ScriptedBackend as backend
+    """An installed-distribution stub exposing qjobd.testing.scripted.ScriptedBackend as backend
     type "scripted", found through the same entry points as any plug-in."""
     dist = root / "plugins" / "qjobd_test_plugins-0.dist-info"
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: qjobd-test-plugins\n"
                                    "Version: 0\n")
     (dist / "entry_points.txt").write_text(
-        "[qjobd.backends]\nscripted = tests.fakes:ScriptedBackend\n")
+        "[qjobd.backends]\nscripted = qjobd.testing.scripted:ScriptedBackend\n")
     return dist.parent
 
 

@@ -25,8 +25,8 @@ from qjobd.daemon.config import PollingConfig, parse_config
 from qjobd.daemon.process import logs, systemd
 from qjobd.daemon.process.watchdog import Progress, Supervisor, status_line
 from qjobd.store.store import Store
+from qjobd.testing.scripted import ScriptedBackend
 from tests.conftest import BELL2, FAST_POLLING, short_tmpdir
-from tests.fakes import ScriptedBackend
 
 # -- sd_notify ---------------------------------------------------------------------------
 

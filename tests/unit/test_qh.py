@@ -8,7 +8,13 @@ import random
 import pytest
 
 from qjobd.backends.qh import MAX_WIDTH, QHError, decode_envelope, decode_payload
-from tests.fake_qoro import corrupt_envelope, encode_qh, planted_counts, qh_envelope, uleb128
+from qjobd.testing.fake_qoro import (
+    corrupt_envelope,
+    encode_qh,
+    planted_counts,
+    qh_envelope,
+    uleb128,
+)
 
 COUNTS = {0b0001: 1, 0b0100: 7, 0b0101: 1, 0b0110: 1, 0b1111: 300}
 
