@@ -15,6 +15,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+__all__ = ["Backend", "Capabilities", "Circuit", "Counts", "Grouping", "RemoteState",
+           "RemoteStatus", "SubmitRequest"]
+
 
 class RemoteState(enum.StrEnum):
     """A provider's job status, reduced to what the daemon acts on."""
@@ -118,7 +121,7 @@ Counts = dict[str, int]
 class Backend(abc.ABC):
     """A provider of quantum job execution.
 
-    Every method may raise :class:`backends.errors.BackendError` subclasses:
+    Every method may raise :class:`qjobd.backends.errors.BackendError` subclasses:
     ``Unavailable``/``RateLimited`` (retry later), ``Rejected`` (never retry),
     ``AuthError`` and ``ProtocolError``.
     """

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from qjobd.errors import QjobdError
 
+__all__ = ["AuthError", "BackendError", "ProtocolError", "RateLimited", "Rejected",
+           "Unavailable"]
+
 
 class BackendError(QjobdError):
     """The backend failed."""

@@ -1,7 +1,7 @@
 """What every HTTP backend shares: its client, sending without retries, translating failures.
 
 A backend never retries by itself (a retried create can duplicate a job); it turns each
-failure into the most specific :mod:`backends.errors` class and the daemon decides.
+failure into the most specific :mod:`qjobd.backends.errors` class and the daemon decides.
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ import httpx
 
 from qjobd.backends.base import Backend
 from qjobd.backends.errors import AuthError, ProtocolError, RateLimited, Rejected, Unavailable
+
+__all__ = ["HttpBackend", "check", "error_text", "json_body", "read_api_key", "retry_after",
+           "send"]
 
 _TRANSIENT = {408, 425, 500, 502, 503, 504} | set(range(520, 530))
 
@@ -89,6 +92,7 @@ async def send(client: httpx.AsyncClient, method: str, url: str, what: str,
 
 
 def json_body(response: httpx.Response, what: str) -> Any:
+    """The answer's JSON; ProtocolError if it is not JSON."""
     try:
         return response.json()
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

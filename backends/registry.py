@@ -17,7 +17,11 @@ from typing import Any
 from qjobd.backends.base import Backend
 from qjobd.errors import QjobdError
 
-GROUP = "qjobd.backends"
+__all__ = ["ENTRY_POINT_GROUP", "UnknownBackendType", "available_types", "backend_class",
+           "create_backend"]
+
+#: the entry-point group a package declares its backend classes in (name: the type name)
+ENTRY_POINT_GROUP = "qjobd.backends"
 
 
 class UnknownBackendType(QjobdError, LookupError):
@@ -25,11 +29,13 @@ class UnknownBackendType(QjobdError, LookupError):
 
 
 def available_types() -> list[str]:
-    return sorted(ep.name for ep in entry_points(group=GROUP))
+    """The type names of every installed backend, sorted."""
+    return sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
 
 
 def backend_class(type_name: str) -> type[Backend]:
-    for ep in entry_points(group=GROUP, name=type_name):
+    """The backend class installed under ``type_name``; UnknownBackendType if none is."""
+    for ep in entry_points(group=ENTRY_POINT_GROUP, name=type_name):
         cls = ep.load()
         if not (isinstance(cls, type) and issubclass(cls, Backend)):
             raise TypeError(f"entry point {ep.value!r} for {type_name!r} is not a Backend class")
