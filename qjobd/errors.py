@@ -33,7 +33,9 @@ report, and nothing else::
         ├── ApiError           the daemon answered with an error
         ├── DaemonUnreachable  no daemon on the socket
         │   └── DaemonTimeout  the daemon did not answer in time
+        ├── SocketConfigError  the config file naming the socket is missing or invalid
         └── UsageError         qjobctl: bad local input, nothing sent
+            └── ArgumentsRejected  qjobctl: a command line argparse refused
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ Exceptions::
 
     ClientError
     ├── ApiError            the daemon answered with an error (status, code, message, details)
-    └── DaemonUnreachable   no daemon on the socket (missing, refused, permission denied)
-        └── DaemonTimeout   the daemon accepted the connection but did not answer in time
+    ├── DaemonUnreachable   no daemon on the socket (missing, refused, permission denied)
+    │   └── DaemonTimeout   the daemon accepted the connection but did not answer in time
+    └── SocketConfigError   the config file that names the socket is missing or invalid
 """
 
 from __future__ import annotations
@@ -28,7 +29,12 @@ from urllib.parse import quote
 
 import httpx
 
-from qjobd.daemon.config import ConfigError, default_socket_path, load_config
+from qjobd.daemon.config import (
+    ConfigError,
+    default_socket_path,
+    find_config_file,
+    load_config,
+)
 from qjobd.errors import QjobdError
 from qjobd.store.states import TERMINAL
 
@@ -39,6 +45,7 @@ __all__ = [
     "ClientError",
     "DaemonTimeout",
     "DaemonUnreachable",
+    "SocketConfigError",
     "format_error_details",
     "resolve_socket_path",
 ]
@@ -103,18 +110,49 @@ class DaemonTimeout(DaemonUnreachable):
     """The daemon accepted the connection but did not answer in time."""
 
 
+class SocketConfigError(ClientError):
+    """The config file that names the daemon's socket is missing or invalid.
+
+    Guessing the default socket instead could hand a batch to another daemon.
+    """
+
+    def __init__(self, path: Path, variable: str | None, reason: str) -> None:
+        super().__init__(path, variable, reason)
+        self.path = path
+        #: the environment variable that named the file, if one did
+        self.variable = variable
+        self.reason = reason
+
+    def __str__(self) -> str:
+        named = f"${self.variable} names {self.path}" if self.variable else str(self.path)
+        return (f"{named}: {self.reason}; the client reads this file to find qjobd's "
+                f"socket. Fix it{' or unset ' + self.variable if self.variable else ''}, "
+                "or give the socket with --socket or $QJOBD_SOCKET")
+
+
 def resolve_socket_path(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """The socket to talk to: ``explicit``, else ``$QJOBD_SOCKET``, else the daemon's config."""
+    """The socket to talk to: ``explicit``, else ``$QJOBD_SOCKET``, else the daemon's config.
+
+    The config file is found as the daemon finds it (``$QJOBD_CONFIG``, else
+    /etc/qjobd/qjobd.toml if present, else built-in defaults). A file that is named but
+    missing or invalid raises SocketConfigError: falling back to the default socket could
+    send a batch to a different daemon.
+    """
     if explicit:
         return Path(explicit)
     if env := os.environ.get("QJOBD_SOCKET"):
         return Path(env)
-    try:
-        return load_config().daemon.socket
-    except ConfigError:
-        # A broken config is the daemon's problem to report; the client still has to
-        # guess where a daemon started some other way would listen.
+    path = find_config_file(None)
+    if path is None:
         return default_socket_path()
+    try:
+        return load_config(path).daemon.socket
+    except ConfigError as exc:
+        reason = str(exc)
+        if reason.startswith(f"{path}: "):
+            reason = reason[len(f"{path}: "):]
+        variable = "QJOBD_CONFIG" if os.environ.get("QJOBD_CONFIG") else None
+        raise SocketConfigError(path, variable, reason) from None
 
 
 def format_error_details(details: Any, origins: Mapping[str, str] | None = None) -> list[str]:

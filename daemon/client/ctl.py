@@ -18,17 +18,25 @@ The socket is --socket, else $QJOBD_SOCKET, else the one in the daemon's config
 --json (before or after the command) prints the daemon's JSON answers unchanged: one
 indented document, or for commands taking several ids (wait, cancel) one compact
 document per line; `submit --wait --json` prints {"batch": ..., "results": ...}.
-Errors go to stderr as `qjobctl: error: ...`.
+Errors go to stderr as `qjobctl: error: ...`. With --json, a failure that leaves
+nothing else to print also puts one JSON line on stdout: the daemon's error answer as
+it is, {"error": {"code", "message", "details"}}, or one of that shape for what failed
+on this side (code usage_error, invalid_input, config_error, daemon_unreachable,
+daemon_timeout, interrupted, stream_closed); `cancel` adds the batch's "id" to it.
 
 exit status:
   0    success (for wait and submit --wait: every batch ended `completed`)
   1    the daemon answered with an error, or a batch ended failed, canceled or
        timed_out (this wins over 124 when both apply; results of such a batch are
        still printed)
-  2    usage error or bad local input (unreadable file, duplicate circuit label)
+  2    usage error, bad local input (unreadable file, duplicate circuit label), or
+       a config file named by $QJOBD_CONFIG (or /etc/qjobd/qjobd.toml) that is
+       missing or invalid, so the socket is unknown
   3    qjobd is unreachable (no socket, connection refused, no answer)
+  4    events --follow: qjobd closed the stream (it stopped or restarted); rerun with
+       --since and the last seq shown to go on
   124  wait: --timeout passed before every batch was terminal
-  130  interrupted
+  130  interrupted (Ctrl-C); an interrupted wait leaves the batches running
 """
 
 from __future__ import annotations
@@ -43,20 +51,25 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, TextIO
+from typing import Any, NoReturn, Protocol, TextIO
+
+import httpx
 
 from qjobd.daemon.client.connection import (
     TERMINAL_STATES,
     ApiError,
     Client,
     ClientError,
+    DaemonTimeout,
     DaemonUnreachable,
+    SocketConfigError,
 )
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the daemon said no, or a batch did not end completed
 EXIT_USAGE = 2  # argparse's own code, reused for bad local input
 EXIT_UNREACHABLE = 3
+EXIT_STREAM_CLOSED = 4  # events --follow: the daemon ended the stream
 EXIT_WAIT_TIMEOUT = 124  # what timeout(1) returns, so scripts can treat both alike
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
@@ -78,6 +91,21 @@ RECONNECT_DELAY = 1.0
 
 class UsageError(ClientError):
     """Bad local input: exit 2, nothing sent."""
+
+
+class ArgumentsRejected(UsageError):
+    """argparse refused the command line (raised instead of argparse's own exit)."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+        self.message = message
+
+
+class _Parser(argparse.ArgumentParser):
+    # Subparsers are built with the same class, so every parse error comes here.
+    def error(self, message: str) -> NoReturn:
+        raise ArgumentsRejected(self, message)
 
 
 # -- argument parsing ------------------------------------------------------------------
@@ -122,13 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     # Repeated on every subcommand so `qjobctl list --json` works as well as
     # `qjobctl --json list`; SUPPRESS keeps an absent sub-option from resetting the
     # global one.
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print the daemon's JSON answer")
     common.add_argument("--socket", metavar="PATH", default=argparse.SUPPRESS,
                         help="qjobd's Unix socket")
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="qjobctl",
         description="Submit and follow batches of quantum circuits run by qjobd.",
         epilog=EXIT_STATUS_HELP,
@@ -202,25 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run qjobctl; returns the exit status."""
-    parser = build_parser()
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, or a usage error already printed by argparse
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    try:
-        with Client(args.socket) as client:
-            return COMMANDS[args.command](client, args)
-    except UsageError as exc:
-        _error(str(exc))
-        return EXIT_USAGE
-    except DaemonUnreachable as exc:
-        _error(str(exc))
-        return EXIT_UNREACHABLE
-    except ApiError as exc:
-        _error(_api_error_text(exc))
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+        return _run(sys.argv[1:] if argv is None else list(argv))
     except BrokenPipeError:
         # `qjobctl list | head`: the reader left; don't let the interpreter's final
         # flush of stdout raise again.
@@ -230,6 +241,80 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError):
             pass
         return EXIT_BROKEN_PIPE
+
+
+def _run(argv: list[str]) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except ArgumentsRejected as exc:
+        # What argparse prints itself, plus the JSON line when --json was asked for.
+        exc.parser.print_usage(sys.stderr)
+        print(f"{exc.parser.prog}: error: {exc.message}", file=sys.stderr)
+        if _json_requested(argv):
+            _print_json_error("usage_error", exc.message)
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    as_json = bool(args.json)
+    try:
+        with Client(args.socket) as client:
+            return COMMANDS[args.command](client, args)
+    except UsageError as exc:
+        _fail(as_json, str(exc), "invalid_input")
+        return EXIT_USAGE
+    except SocketConfigError as exc:
+        _fail(as_json, str(exc), "config_error",
+              {"file": str(exc.path), "variable": exc.variable, "reason": exc.reason})
+        return EXIT_USAGE
+    except DaemonUnreachable as exc:
+        _fail_unreachable(as_json, exc)
+        return EXIT_UNREACHABLE
+    except ApiError as exc:
+        _fail_api(as_json, exc)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        _interrupted(as_json, "interrupted")
+        return EXIT_INTERRUPTED
+
+
+def _json_requested(argv: list[str]) -> bool:
+    """Whether --json is on a command line argparse could not parse."""
+    return "--json" in (argv[:argv.index("--")] if "--" in argv else argv)
+
+
+def _print_json_error(code: str, message: str, details: Any = None, **extra: Any) -> None:
+    _print_json_line({**extra, "error": {"code": code, "message": message,
+                                         "details": details}})
+
+
+def _fail(as_json: bool, message: str, code: str, details: Any = None) -> None:
+    """A failure found on this side: the message on stderr (and a JSON line on stdout)."""
+    _error(message)
+    if as_json:
+        _print_json_error(code, message, details)
+
+
+def _interrupted(as_json: bool, message: str, details: Any = None) -> None:
+    """Ctrl-C: not an error of anyone's, but said, on a line of its own."""
+    print(f"\nqjobctl: {message}", file=sys.stderr)  # \n: off the ^C the terminal echoed
+    if as_json:
+        _print_json_error("interrupted", message, details)
+
+
+def _fail_unreachable(as_json: bool, exc: DaemonUnreachable) -> None:
+    code = "daemon_timeout" if isinstance(exc, DaemonTimeout) else "daemon_unreachable"
+    _fail(as_json, str(exc), code, {"socket": str(exc.socket_path), "reason": exc.reason})
+
+
+def _fail_api(as_json: bool, exc: ApiError, origins: Mapping[str, str] | None = None,
+              batch_id: str | None = None) -> None:
+    """The daemon said no: its error on stderr (and its answer as is on stdout)."""
+    text = _api_error_text(exc, origins)
+    _error(f"{batch_id}: {text}" if batch_id is not None else text)
+    if as_json:
+        extra = {"id": batch_id} if batch_id is not None else {}
+        _print_json_error(exc.code, exc.message, exc.details, **extra)
 
 
 def _error(message: str) -> None:
@@ -350,7 +435,7 @@ def cmd_submit(client: Client, args: argparse.Namespace) -> int:
             idempotency_key=args.idempotency_key,
         )
     except ApiError as exc:
-        _error(_api_error_text(exc, origins))
+        _fail_api(args.json, exc, origins)
         return EXIT_FAILED
     if not args.wait:
         if args.json:
@@ -360,14 +445,10 @@ def cmd_submit(client: Client, args: argparse.Namespace) -> int:
         return EXIT_OK
     if not args.json:
         print(batch["id"], flush=True)
-    try:
-        outcome = wait_for_batches(client, [batch["id"]], timeout=None,
-                                   reporter=_reporter(args.json))
-    except KeyboardInterrupt:
-        # Only the waiting stops; the batch is stored and keeps running.
-        print(f"\nbatch {batch['id']} keeps running; `qjobctl wait {batch['id']}` to "
-              "wait again", file=sys.stderr)
-        raise
+    outcome = wait_for_batches(client, [batch["id"]], timeout=None,
+                               reporter=_reporter(args.json))
+    if outcome.interrupted:
+        return _report_interrupted(args.json, outcome)
     final = outcome.batches[batch["id"]]
     results = client.results(batch["id"])
     if args.json:
@@ -596,8 +677,10 @@ def _reporter(json_mode: bool) -> Reporter:
 class WaitOutcome:
     #: the last answer seen for each batch, in the order asked for
     batches: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: ids still not terminal when the timeout passed
+    #: ids still not terminal when the timeout passed (or the wait was interrupted)
     unfinished: list[str] = field(default_factory=list)
+    #: Ctrl-C stopped the wait (the batches go on in the daemon)
+    interrupted: bool = False
 
 
 def wait_for_batches(client: Client, ids: Iterable[str], timeout: float | None,
@@ -606,13 +689,27 @@ def wait_for_batches(client: Client, ids: Iterable[str], timeout: float | None,
 
     One long-poll at a time, on the oldest unfinished batch; the others are refreshed
     with a plain GET after each poll, so a batch that ends early is reported within
-    about TICK seconds whichever order the ids came in.
+    about TICK seconds whichever order the ids came in. Ctrl-C (KeyboardInterrupt)
+    ends the wait early: the outcome says ``interrupted``.
     """
     order = list(dict.fromkeys(ids))
     pending = list(order)
     outcome = WaitOutcome()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        _wait_loop(client, pending, outcome, deadline, reporter)
+    except KeyboardInterrupt:
+        outcome.interrupted = True
+    outcome.unfinished = pending
+    # Keep the caller's order, not the order of completion.
+    outcome.batches = {i: outcome.batches[i] for i in order if i in outcome.batches}
+    return outcome
+
+
+def _wait_loop(client: Client, pending: list[str], outcome: WaitOutcome,
+               deadline: float | None, reporter: Reporter) -> None:
+    """wait_for_batches' rounds; removes each batch from ``pending`` as it ends."""
     clock = time.monotonic
-    deadline = None if timeout is None else clock() + timeout
     contact = False
     outage_since: float | None = None
     with reporter:
@@ -652,14 +749,27 @@ def wait_for_batches(client: Client, ids: Iterable[str], timeout: float | None,
                 break
             if head in pending and clock() - started < MIN_ROUND:
                 time.sleep(MIN_ROUND)
-    outcome.unfinished = pending
-    # Keep the caller's order, not the order of completion.
-    outcome.batches = {i: outcome.batches[i] for i in order if i in outcome.batches}
-    return outcome
+
+
+def _report_interrupted(as_json: bool, outcome: WaitOutcome) -> int:
+    """Ctrl-C during a wait: only the waiting stopped; say so, and how to wait again."""
+    running = outcome.unfinished
+    shown = ", ".join(
+        f"{i} ({outcome.batches[i].get('state')})" if i in outcome.batches else i
+        for i in running)
+    if running:
+        message = (f"wait interrupted; the batches keep running in qjobd: {shown}; "
+                   f"`qjobctl wait {' '.join(running)}` waits again")
+    else:
+        message = "wait interrupted (every batch had already ended)"
+    _interrupted(as_json, message, {"unfinished": running})
+    return EXIT_INTERRUPTED
 
 
 def cmd_wait(client: Client, args: argparse.Namespace) -> int:
     outcome = wait_for_batches(client, args.ids, args.timeout, _reporter(args.json))
+    if outcome.interrupted:
+        return _report_interrupted(args.json, outcome)
     if args.json:
         for batch in outcome.batches.values():
             _print_json_line(batch)
@@ -713,6 +823,8 @@ def cmd_results(client: Client, args: argparse.Namespace) -> int:
         _error(f"batch {args.id} is not finished yet"
                + (f" (state: {state})" if state else "")
                + f"; `qjobctl wait {args.id}` waits for it")
+        if args.json:
+            _print_json_error(exc.code, exc.message, exc.details)
         return EXIT_FAILED
     fmt = args.format or ("json" if args.json else None)
     if fmt == "json":
@@ -739,7 +851,7 @@ def cmd_cancel(client: Client, args: argparse.Namespace) -> int:
         try:
             batch = client.cancel(batch_id)
         except ApiError as exc:
-            _error(f"{batch_id}: {_api_error_text(exc)}")
+            _fail_api(args.json, exc, batch_id=batch_id)
             status = EXIT_FAILED
             continue
         if args.json:
@@ -802,20 +914,45 @@ def cmd_health(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_events(client: Client, args: argparse.Namespace) -> int:
-    for event in client.events(since=args.since, follow=args.follow):
-        if args.json:
-            _print_json_line(event)
-            continue
-        if "state" not in event:
-            print(_text(event), flush=True)
-            continue
-        subject = str(event.get("batch_id", "-"))
-        if event.get("job_id") is not None:
-            subject += f"/{event['job_id']}"
-        fields = [event.get("seq"), event.get("ts", event.get("time")), subject,
-                  event.get("kind"), event.get("state")]
-        print(" ".join(_text(f) for f in fields if f is not None), flush=True)
-    return EXIT_OK
+    last_seq = args.since
+    try:
+        for event in client.events(since=args.since, follow=args.follow):
+            if isinstance(event.get("seq"), int):
+                last_seq = event["seq"]
+            _print_event(event, args.json)
+    except DaemonUnreachable as exc:
+        # Refused or absent before the stream began: unreachable (exit 3). A followed
+        # stream whose connection broke afterwards ended because the daemon went away.
+        if (not args.follow or isinstance(exc, DaemonTimeout)
+                or isinstance(exc.__cause__, httpx.ConnectError)):
+            raise
+        how = f"the connection broke ({exc.reason})"
+    else:
+        if not args.follow:
+            return EXIT_OK
+        # The daemon ends a followed stream only when it stops (or restarts).
+        how = "qjobd closed it (it stopped or is restarting)"
+    again = "qjobctl events --follow" + (f" --since {last_seq}" if last_seq is not None
+                                          else "")
+    _fail(args.json, f"the event stream ended: {how}; `{again}` goes on "
+                     "after the last event shown", "stream_closed",
+          {"last_seq": last_seq})
+    return EXIT_STREAM_CLOSED
+
+
+def _print_event(event: Mapping[str, Any], as_json: bool) -> None:
+    if as_json:
+        _print_json_line(event)
+        return
+    if "state" not in event:
+        print(_text(event), flush=True)
+        return
+    subject = str(event.get("batch_id", "-"))
+    if event.get("job_id") is not None:
+        subject += f"/{event['job_id']}"
+    fields = [event.get("seq"), event.get("ts", event.get("time")), subject,
+              event.get("kind"), event.get("state")]
+    print(" ".join(_text(f) for f in fields if f is not None), flush=True)
 
 
 COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {

@@ -9,11 +9,15 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from socketserver import ThreadingMixIn, UnixStreamServer
@@ -22,16 +26,21 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
+from qjobd.daemon import config as config_module
 from qjobd.daemon.client import connection as client_module
 from qjobd.daemon.client import ctl
 from qjobd.daemon.client.connection import (
     ApiError,
     Client,
     DaemonUnreachable,
+    SocketConfigError,
     format_error_details,
     resolve_socket_path,
 )
 from qjobd.daemon.config import default_socket_path
+
+#: the installed qjobctl script of the running interpreter's environment
+QJOBCTL = Path(sys.executable).parent / "qjobctl"
 
 # -- the fake daemon -------------------------------------------------------------------
 
@@ -45,7 +54,26 @@ class Request:
     body: Any
 
 
-Answer = tuple[int, Any]  # (status, JSON-able body, or str sent as text/plain)
+Answer = tuple[int, Any]  # (status, JSON-able body, str sent as text/plain, or Held/Stream)
+
+
+@dataclass
+class Held:
+    """An answer sent only once ``release`` is set: a long-poll that is still waiting."""
+
+    answer: Any
+    release: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class Stream:
+    """A chunked stream: ``text`` at once, then open until ``release``, then a clean end
+    (what qjobd does to a followed event stream when it stops)."""
+
+    text: str
+    release: threading.Event = field(default_factory=threading.Event)
+    #: False: drop the connection instead (what a killed daemon leaves)
+    end: bool = True
 
 
 class FakeQjobd:
@@ -84,6 +112,22 @@ class _Handler(BaseHTTPRequestHandler):
                           {k.lower(): v for k, v in self.headers.items()},
                           json.loads(raw) if raw else None)
         status, body = self.server.fake.respond(request)
+        if isinstance(body, Held):
+            body.release.wait(30)
+            body = body.answer
+        if isinstance(body, Stream):
+            self.send_response(status)
+            self.send_header("Content-Type", "application/x-ndjson")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            data = body.text.encode()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+            body.release.wait(30)
+            if body.end:
+                self.wfile.write(b"0\r\n\r\n")
+            self.close_connection = True
+            return
         if isinstance(body, str):
             payload, ctype = body.encode(), "text/plain"
         else:
@@ -487,9 +531,9 @@ def test_events_prints_lines_and_asks_for_no_follow(fake, capsys):
 
 def test_events_json_passes_lines_through(fake, capsys):
     fake.on("GET", "/v1/events", (200, '{"seq": 7, "state": "running"}\n\n'))
-    code, out, _ = run(capsys, "events", "--follow", "--json")
+    code, out, _ = run(capsys, "events", "--json")
     assert (code, out) == (0, '{"seq":7,"state":"running"}\n')
-    assert fake.requests[0].query == {"follow": "true"}
+    assert fake.requests[0].query == {"follow": "false"}
 
 
 # -- errors ----------------------------------------------------------------------------
@@ -541,7 +585,12 @@ def test_socket_resolution_order(monkeypatch, tmp_path):
     config.write_text('[daemon]\nsocket = "/cfg.sock"\n')
     monkeypatch.setenv("QJOBD_CONFIG", str(config))
     assert resolve_socket_path() == Path("/cfg.sock")
-    config.write_text("[daemon\n")  # broken: the client still has to guess
+    config.write_text("[daemon\n")  # broken: guessing could reach another daemon
+    with pytest.raises(SocketConfigError, match=r"\$QJOBD_CONFIG names .*invalid TOML"):
+        resolve_socket_path()
+    assert resolve_socket_path("/arg.sock") == Path("/arg.sock")  # never read then
+    monkeypatch.delenv("QJOBD_CONFIG")
+    monkeypatch.setattr(config_module, "SYSTEM_CONFIG", tmp_path / "absent.toml")
     assert resolve_socket_path() == default_socket_path()
 
 
@@ -653,3 +702,311 @@ def test_help_documents_exit_codes(capsys):
     assert code == 0
     assert "124" in out and "daemon answered with an error" in out
     assert "124" in (ctl.__doc__ or "")
+    assert "4    events --follow: qjobd closed the stream" in out
+    assert "$QJOBD_CONFIG" in out and "130  interrupted" in out
+
+
+# -- --json failures: one JSON error object on stdout ---------------------------------
+
+
+def json_error(out: str) -> dict[str, Any]:
+    """The last stdout line, which must be an {"error": {...}} object."""
+    doc = json.loads(out.splitlines()[-1])
+    assert set(doc["error"]) == {"code", "message", "details"}
+    return doc
+
+
+def test_json_api_error_prints_the_daemons_error_answer_as_is(fake, capsys):
+    answer = error("not_found", "no batch nope", {"id": "nope"})
+    fake.on("GET", "/v1/batches/nope", (404, answer))
+
+    code, out, err = run(capsys, "--json", "show", "nope")
+
+    assert code == 1
+    assert json.loads(out) == answer
+    assert err == "qjobctl: error: no batch nope (not_found, HTTP 404)\n  id: nope\n"
+
+
+def test_json_submit_rejected_prints_the_422_answer(fake, tmp_path, capsys):
+    details = [{"label": "bell", "line": 3, "column": 5, "reason": "unknown gate 'hh'"}]
+    answer = error("invalid_qasm", "circuit 'bell', line 3, column 5: unknown gate 'hh'",
+                   details)
+    fake.on("POST", "/v1/batches", (422, answer))
+    (tmp_path / "bell.qasm").write_text(BELL)
+
+    code, out, err = run(capsys, "submit", str(tmp_path / "bell.qasm"), "--backend", "l",
+                         "--json")
+
+    assert (code, json.loads(out)) == (1, answer)
+    assert "invalid OpenQASM (invalid_qasm, HTTP 422)" in err
+
+
+def test_json_results_of_an_unfinished_batch_prints_the_409(fake, capsys):
+    answer = error("not_terminal", "batch b1 is running", {"state": "running"})
+    fake.on("GET", "/v1/batches/b1/results", (409, answer))
+    code, out, err = run(capsys, "results", "b1", "--json")
+    assert (code, json.loads(out)) == (1, answer)
+    assert "not finished yet (state: running)" in err
+
+
+def test_json_cancel_prints_an_error_line_naming_the_batch(fake, capsys):
+    fake.on("POST", "/v1/batches/b1/cancel", (202, batch(state="running")))
+    fake.on("POST", "/v1/batches/b2/cancel", (403, error("forbidden", "not yours")))
+
+    code, out, err = run(capsys, "--json", "cancel", "b1", "b2")
+
+    assert code == 1
+    first, second = map(json.loads, out.splitlines())
+    assert first["id"] == "b1"
+    assert second == {"id": "b2", **error("forbidden", "not yours")}
+    assert err == "qjobctl: error: b2: not yours (forbidden, HTTP 403)\n"
+
+
+def test_json_unreachable_daemon_prints_an_error_object(sock_dir, capsys):
+    sock = sock_dir / "absent.sock"
+
+    code, out, err = run(capsys, "--json", "--socket", str(sock), "list")
+
+    assert code == 3
+    doc = json_error(out)["error"]
+    assert doc["code"] == "daemon_unreachable"
+    assert doc["details"] == {"socket": str(sock), "reason": "no such socket"}
+    assert doc["message"] in err and f"cannot reach qjobd at {sock}" in err
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["--json", "list", "--limit", "0"], "argument --limit: must be > 0, got 0"),
+    (["wait", "--json"], "the following arguments are required: ID"),
+    (["--json", "nosuch"], "invalid choice: 'nosuch'"),
+    (["--json"], "the following arguments are required: COMMAND"),
+])
+def test_json_usage_error_prints_an_error_object(fake, capsys, argv, expected):
+    code, out, err = run(capsys, *argv)
+
+    assert code == 2
+    doc = json_error(out)["error"]
+    assert doc["code"] == "usage_error" and expected in doc["message"]
+    assert err.startswith("usage: qjobctl")  # argparse's own report, unchanged
+    assert f"error: {doc['message']}\n" in err
+    assert fake.requests == []
+
+
+def test_usage_error_without_json_prints_nothing_on_stdout(fake, capsys):
+    code, out, err = run(capsys, "list", "--limit", "0")
+    assert (code, out) == (2, "")
+    assert "qjobctl list: error: argument --limit" in err
+
+
+def test_json_bad_local_input_prints_an_error_object(fake, tmp_path, capsys):
+    missing = tmp_path / "missing.qasm"
+    code, out, err = run(capsys, "--json", "submit", str(missing), "--backend", "l")
+    assert code == 2
+    doc = json_error(out)["error"]
+    assert doc["code"] == "invalid_input" and str(missing) in doc["message"]
+    assert err == f"qjobctl: error: {doc['message']}\n"
+
+
+# -- $QJOBD_CONFIG: a file named but unusable is an error, never a guess --------------
+
+
+@pytest.fixture
+def default_socket_is_the_fake(fake, sock_dir, tmp_path, monkeypatch):
+    """Make the built-in default socket lead to the fake too, so a client that fell back
+    to the default would be seen reaching it."""
+    runtime = tmp_path / "runtime"
+    (runtime / "qjobd").mkdir(parents=True)
+    (runtime / "qjobd" / "qjobd.sock").symlink_to(sock_dir / "qjobd.sock")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
+    monkeypatch.delenv("QJOBD_SOCKET")
+    monkeypatch.setattr(config_module, "SYSTEM_CONFIG", tmp_path / "etc" / "absent.toml")
+    fake.on("GET", "/v1/health", (200, {"version": "x"}))
+    return fake
+
+
+def test_the_default_socket_trap_works(default_socket_is_the_fake, capsys):
+    assert run(capsys, "health")[0] == 0  # no config at all: the default, rightly
+    assert len(default_socket_is_the_fake.requests) == 1
+
+
+def test_qjobd_config_naming_a_missing_file_is_an_error(default_socket_is_the_fake, tmp_path,
+                                                        capsys, monkeypatch):
+    missing = tmp_path / "nope.toml"
+    monkeypatch.setenv("QJOBD_CONFIG", str(missing))
+
+    code, out, err = run(capsys, "health")
+
+    assert (code, out) == (2, "")
+    assert err.startswith(f"qjobctl: error: $QJOBD_CONFIG names {missing}: no such file")
+    assert "--socket or $QJOBD_SOCKET" in err
+    assert default_socket_is_the_fake.requests == []  # no batch goes astray
+
+
+@pytest.mark.parametrize(("toml", "reason"), [
+    ("[daemon\n", "invalid TOML"),
+    ('[daemon]\nsocket = "/x.sock"\nsockt_mode = "0600"\n', "unknown key(s) sockt_mode"),
+], ids=["invalid-toml", "unknown-key"])
+def test_qjobd_config_naming_an_invalid_file_is_an_error(default_socket_is_the_fake,
+                                                         tmp_path, capsys, monkeypatch,
+                                                         toml, reason):
+    path = tmp_path / "bad.toml"
+    path.write_text(toml)
+    monkeypatch.setenv("QJOBD_CONFIG", str(path))
+
+    code, out, err = run(capsys, "--json", "health")
+
+    assert code == 2
+    assert err.startswith(f"qjobctl: error: $QJOBD_CONFIG names {path}: ") and reason in err
+    doc = json_error(out)["error"]
+    assert doc["code"] == "config_error"
+    assert doc["details"]["file"] == str(path)
+    assert doc["details"]["variable"] == "QJOBD_CONFIG"
+    assert default_socket_is_the_fake.requests == []
+
+
+def test_an_explicit_socket_wins_without_reading_a_broken_config(default_socket_is_the_fake,
+                                                                 sock_dir, tmp_path, capsys,
+                                                                 monkeypatch):
+    monkeypatch.setenv("QJOBD_CONFIG", str(tmp_path / "nope.toml"))
+    assert run(capsys, "--socket", str(sock_dir / "qjobd.sock"), "health")[0] == 0
+    monkeypatch.setenv("QJOBD_SOCKET", str(sock_dir / "qjobd.sock"))
+    assert run(capsys, "health")[0] == 0
+    assert len(default_socket_is_the_fake.requests) == 2
+
+
+def test_a_broken_system_config_is_an_error_too(default_socket_is_the_fake, tmp_path,
+                                                capsys, monkeypatch):
+    system = tmp_path / "etc" / "qjobd.toml"
+    system.parent.mkdir()
+    system.write_text("[daemon]\nsocket = 7\n")
+    monkeypatch.setattr(config_module, "SYSTEM_CONFIG", system)
+
+    code, _, err = run(capsys, "health")
+
+    assert code == 2
+    assert err.startswith(f"qjobctl: error: {system}: [daemon] socket: must be a string")
+    assert "$QJOBD_CONFIG" not in err
+    assert default_socket_is_the_fake.requests == []
+
+
+# -- an interrupted wait, an ended event stream: said, with a distinct status ---------
+
+
+def test_wait_interrupted_says_the_batches_keep_running(fake, capsys, monkeypatch):
+    fake.on("GET", "/v1/batches/b1/wait", (200, batch()))
+    fake.on("GET", "/v1/batches/b2", (200, batch("b2", state="completed")))
+    fake.on("GET", "/v1/batches/b3", (200, batch("b3", state="queued")))
+    real_wait = Client.wait
+    calls = []
+
+    def wait_then_ctrl_c(self: Client, batch_id: str, timeout: float) -> dict[str, Any]:
+        calls.append(batch_id)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_wait(self, batch_id, timeout)
+
+    monkeypatch.setattr(Client, "wait", wait_then_ctrl_c)
+
+    code, out, err = run(capsys, "wait", "b1", "b2", "b3")
+
+    assert code == 130
+    assert out == "b2 completed\n"
+    assert err == ("\nqjobctl: wait interrupted; the batches keep running in qjobd: "
+                   "b1 (running), b3 (queued); `qjobctl wait b1 b3` waits again\n")
+
+
+def test_submit_wait_interrupted_json_says_so_on_stdout(fake, tmp_path, capsys, monkeypatch):
+    fake.on("POST", "/v1/batches", (201, batch()))
+
+    def ctrl_c(self: Client, batch_id: str, timeout: float) -> dict[str, Any]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Client, "wait", ctrl_c)
+    (tmp_path / "bell.qasm").write_text(BELL)
+
+    code, out, err = run(capsys, "--json", "submit", str(tmp_path / "bell.qasm"),
+                         "--backend", "local", "--wait")
+
+    assert code == 130
+    doc = json_error(out)["error"]
+    assert doc["code"] == "interrupted" and doc["details"] == {"unfinished": ["b1"]}
+    assert "`qjobctl wait b1` waits again" in err
+
+
+def _until(predicate: Callable[[], object], limit: float, what: str) -> None:
+    deadline = time.monotonic() + limit
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_ctrl_c_on_a_real_qjobctl_wait_exits_130_saying_how_to_resume(fake):
+    held = Held((200, batch()))  # the long-poll the daemon is still holding
+    fake.on("GET", "/v1/batches/b1/wait", (200, held))
+    proc = subprocess.Popen([str(QJOBCTL), "wait", "b1"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _until(lambda: fake.sent("GET", "/v1/batches/b1/wait") or proc.poll() is not None,
+               30, "qjobctl's long-poll")
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        held.release.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+    assert proc.returncode == 130
+    assert out == ""
+    assert "wait interrupted; the batches keep running in qjobd: b1;" in err
+    assert "`qjobctl wait b1` waits again" in err
+    assert "Traceback" not in err
+
+
+def test_events_follow_ended_by_the_daemon_exits_4_saying_so(fake):
+    first = {"seq": 41, "ts": "2025-01-02T03:04:05Z", "batch_id": "b1", "job_id": None,
+             "kind": "batch", "state": "running", "detail": None}
+    stream = Stream(json.dumps(first) + "\n")
+    fake.on("GET", "/v1/events", (200, stream))
+    proc = subprocess.Popen([str(QJOBCTL), "events", "--follow"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # flushed per event; the stream stays open
+        assert line == "41 2025-01-02T03:04:05Z b1 batch running\n"
+        assert proc.poll() is None  # still following
+        stream.release.set()  # the daemon stops: it ends the stream cleanly
+        rest, err = proc.communicate(timeout=30)
+    finally:
+        stream.release.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+    assert (proc.returncode, rest) == (4, "")
+    assert err == ("qjobctl: error: the event stream ended: qjobd closed it (it stopped or "
+                   "is restarting); `qjobctl events --follow --since 41` goes on after the "
+                   "last event shown\n")
+
+
+def test_events_follow_json_when_the_connection_breaks(fake, capsys):
+    stream = Stream('{"seq": 7, "state": "running"}\n', end=False)
+    stream.release.set()
+    fake.on("GET", "/v1/events", (200, stream))
+
+    code, out, err = run(capsys, "events", "--follow", "--since", "3", "--json")
+
+    assert code == 4
+    assert out.splitlines()[0] == '{"seq":7,"state":"running"}'
+    doc = json_error(out)["error"]
+    assert doc["code"] == "stream_closed" and doc["details"] == {"last_seq": 7}
+    assert "the event stream ended: the connection broke" in err
+    assert "`qjobctl events --follow --since 7`" in err
+
+
+def test_events_follow_with_no_daemon_is_unreachable_not_ended(sock_dir, capsys):
+    code, _, err = run(capsys, "--socket", str(sock_dir / "absent.sock"), "events",
+                       "--follow")
+    assert code == 3
+    assert "no such socket" in err
