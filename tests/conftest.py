@@ -12,11 +12,10 @@ import httpx
 import pytest
 
 from qjobd.backends.local import LocalBackend
-from qjobd.daemon.api.app import Context, create_app
 from qjobd.daemon.api.peer import Peer
 from qjobd.daemon.config import parse_config
-from qjobd.daemon.engine.notify import BatchChanges
 from qjobd.daemon.engine.scheduler import Scheduler
+from qjobd.daemon.process.wiring import wire
 from qjobd.store.store import Store
 from qjobd.testing.scripted import ScriptedBackend
 
@@ -144,11 +143,11 @@ async def daemon(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterato
         backends["local"] = LocalBackend("local", {"workers": 1})
     for backend in backends.values():
         await backend.start()
-    changes = BatchChanges()
-    scheduler = Scheduler(store, backends, config.backends, changes)
+    wired = wire(config, store, backends)
+    scheduler = wired.scheduler
     # a task, not a task group: pytest-asyncio tears fixtures down in another task
     task = asyncio.create_task(scheduler.run())
-    app = _PeerInjector(create_app(Context(config, store, backends, scheduler, changes)))
+    app = _PeerInjector(wired.app)
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://qjobd")
 
     def set_peer(peer: Peer | None) -> None:

@@ -17,24 +17,28 @@ import asyncio
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import os
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import anyio
+import anyio.abc
 import structlog
 
 from qjobd.backends.base import Backend
 from qjobd.backends.registry import create_backend
-from qjobd.daemon.api.app import Context, create_app
-from qjobd.daemon.api.server import SocketInUse, bind_socket, make_server
+from qjobd.daemon.api.app import Context
+from qjobd.daemon.api.server import SocketInUse, SocketServer, bind_socket, make_server
 from qjobd.daemon.config import Config, ConfigError, load_config
-from qjobd.daemon.engine.notify import BatchChanges
 from qjobd.daemon.engine.scheduler import Scheduler
 from qjobd.daemon.process import logs, systemd
 from qjobd.daemon.process.watchdog import Progress, Supervisor, status_line, supervising
+from qjobd.daemon.process.wiring import wire
 from qjobd.errors import QjobdError
 from qjobd.store import retention
 from qjobd.store.store import Store
@@ -142,75 +146,110 @@ class _Service:
 
     async def _run(self, store: Store, backends: dict[str, Backend]) -> None:
         config, sup = self.config, self.supervisor
-        changes = BatchChanges()
-        scheduler = Scheduler(store, backends, config.backends, changes)
-        ctx = Context(config, store, backends, scheduler, changes)
-        app = create_app(ctx)
+        daemon = wire(config, store, backends)
+        scheduler = daemon.scheduler
         if self.inherited:
             sockets, where, owned = self.inherited, _names(self.inherited), None
         else:
             sockets = [bind_socket(config.daemon.socket, config.daemon.socket_mode)]
             where, owned = str(config.daemon.socket), config.daemon.socket
-        server = make_server(app)
+        server = make_server(daemon.app)
         sup.progress = Progress(store, scheduler)
-        scheduler_task = asyncio.create_task(scheduler.run(), name="scheduler")
-        server_task = asyncio.create_task(server.serve(sockets=sockets), name="server")
-        stop_task = asyncio.create_task(self.stop.wait())
-        ready_task = asyncio.create_task(server.ready.wait())
-        reload_task: asyncio.Task[None] | None = None
-        retention_task: asyncio.Task[None] | None = None
-        resumed_task: asyncio.Task[None] | None = None
-        failed: str | None = None
+        #: why a core task (the server, the scheduler) ended before a stop was asked for
+        ended: list[str] = []
         try:
-            await asyncio.wait({ready_task, server_task, stop_task},
-                               return_when=asyncio.FIRST_COMPLETED)
-            if server.ready.is_set() and not self.stop.is_set():
-                log.info("ready", socket=where, backends=sorted(backends),
-                         activated=bool(self.inherited))
-                sup.status = lambda: status_line(scheduler, where)
-                sup.notify("READY=1")
-                sup.say(status_line(scheduler, where))
-                sup.paused_status = False
-                reload_task = asyncio.create_task(self._reloads(ctx, scheduler),
-                                                  name="reloads")
-                resumed_task = asyncio.create_task(_announce_resume(sup, scheduler, where),
-                                                   name="resumed")
-                # now and every interval; settings re-read each time (a reload applies)
-                retention_task = asyncio.create_task(retention.run_periodically(
-                    store, lambda: (self.config.daemon.retention_days,
-                                    self.config.daemon.retention_interval),
-                    self.retention_stats), name="retention")
-                done, _ = await asyncio.wait({stop_task, server_task, scheduler_task},
-                                             return_when=asyncio.FIRST_COMPLETED)
-                for task in done - {stop_task}:
-                    why = task.exception()
-                    failed = f"the {task.get_name()} " + (
-                        f"failed: {why!r}" if why is not None else "stopped by itself")
-                    log.error("a core task ended; stopping", problem=failed)
-            elif not self.stop.is_set():
-                failed = "the server did not start"
-            self._on_stop()
-            sup.paused_status = True
-            sup.say("stopping: finishing store writes; remote jobs keep running")
-            log.info("stopping")
+            # Two groups: the server's is never cancelled (uvicorn would orphan requests in
+            # flight): it is told to exit once the side tasks are cancelled and done.
+            async with anyio.create_task_group() as serving:
+                try:
+                    async with anyio.create_task_group() as side:
+                        side.start_soon(self._core, "scheduler", scheduler.run, ended)
+                        ready = await serving.start(self._serve_http, server, sockets, ended)
+                        if ready and not self.stop.is_set():
+                            log.info("ready", socket=where, backends=sorted(backends),
+                                     activated=bool(self.inherited))
+                            sup.status = lambda: status_line(scheduler, where)
+                            sup.notify("READY=1")
+                            sup.say(status_line(scheduler, where))
+                            sup.paused_status = False
+                            side.start_soon(self._side, "reloads", self._reloads, daemon.context,
+                                            scheduler)
+                            side.start_soon(self._side, "resume announcement", _announce_resume,
+                                            sup, scheduler, where)
+                            # now and every interval; settings re-read each time (a reload
+                            # applies)
+                            side.start_soon(self._side, "retention", retention.run_periodically,
+                                            store, lambda: (self.config.daemon.retention_days,
+                                                            self.config.daemon.retention_interval),
+                                            self.retention_stats)
+                        elif not self.stop.is_set() and not ended:
+                            ended.append("the server did not start")
+                        if ended:
+                            self._on_stop()
+                        await self.stop.wait()
+                        sup.paused_status = True
+                        sup.say("stopping: finishing store writes; remote jobs keep running")
+                        log.info("stopping")
+                        side.cancel_scope.cancel()
+                finally:
+                    daemon.changes.close()  # end long-polls and event streams now
+                    server.should_exit = True
         finally:
-            changes.close()  # end long-polls and event streams now, not after a grace
-            server.should_exit = True
-            with contextlib.suppress(Exception):
-                await server_task
-            tasks = [t for t in (scheduler_task, stop_task, ready_task, reload_task,
-                                 retention_task, resumed_task) if t]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
             if owned is not None:
                 sockets[0].close()
                 owned.unlink(missing_ok=True)
             # an inherited socket is left in place: systemd keeps its own copy open and
             # queues connections on it until the next start
-        if failed is not None:
+        if ended:
             # a non-zero exit, so that Restart=on-failure restarts the daemon
-            raise CoreTaskFailed(failed)
+            raise CoreTaskFailed(ended[0])
+
+    async def _serve_http(self, server: SocketServer, sockets: list[socket.socket],
+                          ended: list[str], *,
+                          task_status: anyio.abc.TaskStatus[bool] = anyio.TASK_STATUS_IGNORED
+                          ) -> None:
+        """Serve the API; ``start()`` returns True once the socket accepts, False if the
+        server ended before it did."""
+        finished = anyio.Event()
+
+        async def serve() -> None:
+            try:
+                await self._core("server", functools.partial(server.serve, sockets=sockets),
+                                 ended)
+            finally:
+                finished.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(serve)
+            async with anyio.create_task_group() as first:
+                async def until(event: anyio.Event | asyncio.Event) -> None:
+                    await event.wait()
+                    first.cancel_scope.cancel()
+
+                first.start_soon(until, server.ready)
+                first.start_soon(until, finished)
+            task_status.started(server.ready.is_set())
+
+    async def _core(self, name: str, run: Callable[[], Awaitable[None]],
+                    ended: list[str]) -> None:
+        """Run a task the daemon cannot do without: if it ends before a stop was asked
+        for, say why, and stop the daemon (which then exits non-zero)."""
+        try:
+            await run()
+            why = f"the {name} stopped by itself"
+        except Exception as exc:
+            why = f"the {name} failed: {exc!r}"
+        if not self.stop.is_set():
+            ended.append(why)
+            log.error("a core task ended; stopping", problem=why)
+            self._on_stop()
+
+    async def _side(self, name: str, run: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run a task the daemon can do without: a failure is logged, serving goes on."""
+        try:
+            await run(*args)
+        except Exception:
+            log.exception("a side task failed; the daemon goes on without it", task=name)
 
     async def _reloads(self, ctx: Context, scheduler: Scheduler) -> None:
         while True:

@@ -20,11 +20,10 @@ import httpx
 import pytest
 
 from qjobd.backends.http import HttpBackend
-from qjobd.daemon.api.app import Context, create_app
 from qjobd.daemon.config import parse_config
-from qjobd.daemon.engine.notify import BatchChanges
 from qjobd.daemon.engine.scheduler import Scheduler
 from qjobd.daemon.process import logs
+from qjobd.daemon.process.wiring import wire
 from qjobd.store import states
 from qjobd.store.store import Store
 
@@ -104,13 +103,12 @@ async def backend_daemon(backend_type: type[B], name: str, base_url: str, key: s
     backend = backend_type(name, config.backends[name].options)
     logs.add_secrets(backend.secrets())
     await backend.start()
-    changes = BatchChanges()
-    scheduler = Scheduler(store, {name: backend}, config.backends, changes)
-    task = asyncio.create_task(scheduler.run())
-    app = create_app(Context(config, store, {name: backend}, scheduler, changes))
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://q")
+    daemon = wire(config, store, {name: backend})
+    task = asyncio.create_task(daemon.scheduler.run())
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=daemon.app),
+                               base_url="http://q")
     try:
-        yield Harness(store, scheduler, backend, client, db,
+        yield Harness(store, daemon.scheduler, backend, client, db,
                       defaults={"backend": name, "shots": shots},
                       wait_limit=wait_limit, wait_poll=wait_poll)
     finally:
