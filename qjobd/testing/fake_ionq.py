@@ -909,7 +909,8 @@ class FakeIonQ(FakeServer):
             "cost_model": "QCT",
             "settings": job.settings,
             "stats": {"qubits": job.num_qubits, "circuits": 1},
-            "output": ({"compilation": {}, "error_mitigation": {"debiasing": False}}
+            # no debiasing ran: its output (an object of variants) is absent
+            "output": ({"compilation": {}, "error_mitigation": {}}
                        if completed else {}),
             "results": ({fmt: {"id": job.artifact_id(fmt), "format": fmt,
                                "media_type": "application/json"}
@@ -986,7 +987,12 @@ class FakeIonQ(FakeServer):
                     nxt = job.id
                     break
                 page.append(job)
-            return {"jobs": [self._job_json(j, now) for j in page], "next": nxt}
+            # a listing's entries are BaseJob, which has no child_job_ids (the OpenAPI
+            # document's schema and its example agree)
+            jobs = [self._job_json(j, now) for j in page]
+            for job in jobs:
+                del job["child_job_ids"]
+            return {"jobs": jobs, "next": nxt}
 
     def _cancel(self, job: FakeJob, now: float) -> str:
         status = job.status_at(now)
