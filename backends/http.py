@@ -131,7 +131,8 @@ class HttpBackend(Backend):
     A subclass names its provider, settings, default URL, key variable and auth scheme,
     sets ``timeout`` and reads its key with :meth:`read_key` in ``__init__``; this class
     refuses unknown settings, opens the client on :meth:`start`, closes it on
-    :meth:`aclose`, and replaces it when :meth:`reconfigure` finds a rotated key. The key
+    :meth:`aclose`, and replaces it when :meth:`reconfigure` finds a rotated key;
+    :meth:`request` sends one request, paced unless it is the first of its call. The key
     is only ever sent in the Authorization header and reported by :meth:`secrets`, so
     that logs redact it.
     """
@@ -195,6 +196,19 @@ class HttpBackend(Backend):
 
     def secrets(self) -> list[str]:
         return [self._key]
+
+    async def request(self, method: str, url: str, what: str, *, first: bool = False,
+                      **kwargs: Any) -> httpx.Response:
+        """One request to the provider, sent once (see :func:`send`); ``what`` names it in errors.
+
+        The daemon budgets each protocol call as one request. Every request after the
+        first of a call (a page after the first, an upload's next fragment, a cancel after
+        a status) therefore waits for :attr:`~qjobd.backends.Backend.pace` first, so that
+        it draws from the budget too: pass ``first=True`` for a call's first request only.
+        """
+        if not first and self.pace is not None:
+            await self.pace()
+        return await send(self.client, method, url, what, **kwargs)
 
     @property
     def client(self) -> httpx.AsyncClient:

@@ -26,7 +26,7 @@ from qjobd.backends.base import (
     SubmitRequest,
 )
 from qjobd.backends.errors import ProtocolError, Rejected
-from qjobd.backends.http import HttpBackend, check, json_body, send
+from qjobd.backends.http import HttpBackend, check, json_body
 
 DEFAULT_BASE_URL = "https://api.ionq.co/v0.4"
 HISTOGRAM = "ionq.result.histogram.json.v1"
@@ -108,7 +108,7 @@ class IonQBackend(HttpBackend):
         if model:
             body["noise"] = {"model": model}
         what = "create job"
-        response = check(await send(self.client, "POST", "jobs", what, json=body), what)
+        response = check(await self.request("POST", "jobs", what, first=True, json=body), what)
         answer = json_body(response, what)
         job_id = answer.get("id") if isinstance(answer, Mapping) else None
         if not isinstance(job_id, str) or not job_id:
@@ -123,7 +123,8 @@ class IonQBackend(HttpBackend):
         cursor: str | None = None
         for _ in range(len(remote_ids) + 1):  # follow pages, but never forever
             page = params + ([("next", cursor)] if cursor else [])
-            response = check(await send(self.client, "GET", "jobs", what, params=page), what)
+            response = check(await self.request("GET", "jobs", what, first=cursor is None,
+                                                params=page), what)
             answer = json_body(response, what)
             jobs = answer.get("jobs") if isinstance(answer, Mapping) else None
             if not isinstance(jobs, list):
@@ -161,48 +162,50 @@ class IonQBackend(HttpBackend):
             raise ProtocolError(f"an IonQ job has one circuit, asked for {len(circuits)}")
         circuit = circuits[0]
         job = self._completed.pop(remote_id, None)
+        first = job is not None  # seen completed by status(): the artifact is the first request
         if job is None:
             what = "get job"
-            job = json_body(check(await send(self.client, "GET", f"jobs/{remote_id}", what),
-                                  what), what)
+            job = json_body(check(await self.request("GET", f"jobs/{remote_id}", what,
+                                                     first=True), what), what)
         descriptors = job.get("results") if isinstance(job, Mapping) else None
         if not isinstance(descriptors, Mapping):
             descriptors = {}
         shots = int(job.get("shots") or 0)
         if HISTOGRAM in descriptors:
-            payload = await self._artifact(remote_id, descriptors[HISTOGRAM])
+            payload = await self._artifact(remote_id, descriptors[HISTOGRAM], first=first)
             counts = _histogram_counts(payload, circuit.num_clbits)
         else:
             what = "get probabilities"
             if PROBABILITIES in descriptors:
-                payload = await self._artifact(remote_id, descriptors[PROBABILITIES])
+                payload = await self._artifact(remote_id, descriptors[PROBABILITIES],
+                                                first=first)
             else:
                 url = f"jobs/{remote_id}/results/probabilities"
-                payload = json_body(check(await send(self.client, "GET", url, what), what),
-                                    what)
+                payload = json_body(check(await self.request("GET", url, what, first=first),
+                                          what), what)
             if shots <= 0:
                 raise ProtocolError("the job reports no shot count to scale probabilities by")
             counts = _probability_counts(payload, circuit.num_clbits, shots)
         return {circuit.label: counts}
 
-    async def _artifact(self, remote_id: str, descriptor: Any) -> Any:
+    async def _artifact(self, remote_id: str, descriptor: Any, *, first: bool) -> Any:
         artifact = descriptor.get("id") if isinstance(descriptor, Mapping) else None
         if not isinstance(artifact, str):
             raise ProtocolError("a result descriptor has no artifact id")
         what = "get artifact"
         url = f"jobs/{remote_id}/artifacts/{artifact}"
-        return json_body(check(await send(self.client, "GET", url, what), what), what)
+        return json_body(check(await self.request("GET", url, what, first=first), what), what)
 
     async def cancel(self, remote_ids: Sequence[str]) -> None:
         if not remote_ids:
             return
         what = "cancel"
         if len(remote_ids) == 1:
-            response = await send(self.client, "PUT", f"jobs/{remote_ids[0]}/status/cancel",
-                                  what)
+            response = await self.request("PUT", f"jobs/{remote_ids[0]}/status/cancel", what,
+                                          first=True)
         else:
-            response = await send(self.client, "PUT", "jobs/status/cancel", what,
-                                  json={"ids": list(remote_ids)})
+            response = await self.request("PUT", "jobs/status/cancel", what, first=True,
+                                          json={"ids": list(remote_ids)})
         # idempotent: an unknown or already finished job is no longer running, which is all
         # a cancel asks for
         if response.status_code in (400, 404, 409):
@@ -217,8 +220,8 @@ class IonQBackend(HttpBackend):
             params: dict[str, str | int] = {"limit": PAGE_LIMIT, "target": self.target}
             if cursor:
                 params["next"] = cursor
-            answer = json_body(check(await send(self.client, "GET", "jobs", what,
-                                                params=params), what), what)
+            answer = json_body(check(await self.request("GET", "jobs", what, first=not cursor,
+                                                     params=params), what), what)
             jobs = answer.get("jobs") if isinstance(answer, Mapping) else None
             if not isinstance(jobs, list):
                 raise ProtocolError(f"{what}: the answer has no job list")

@@ -27,7 +27,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
-import httpx
 import structlog
 
 from qjobd.backends import qh
@@ -41,7 +40,7 @@ from qjobd.backends.base import (
     SubmitRequest,
 )
 from qjobd.backends.errors import AuthError, BackendError, ProtocolError, Rejected, Unavailable
-from qjobd.backends.http import HttpBackend, check, error_text, json_body, send
+from qjobd.backends.http import HttpBackend, check, error_text, json_body
 
 log = structlog.get_logger("qjobd.qoro")
 
@@ -127,7 +126,7 @@ class QoroBackend(HttpBackend):
         body = {"tag": request.submission_key, "job_type": "EXECUTE", "use_packing": False,
                 **self.target}
         what = "init job"
-        answer = json_body(check(await self._send("POST", "job/init/", what, first=True,
+        answer = json_body(check(await self.request("POST", "job/init/", what, first=True,
                                                   json=body), what), what)
         job_id = answer.get("job_id") if isinstance(answer, Mapping) else None
         if not isinstance(job_id, str) or not job_id:
@@ -138,7 +137,7 @@ class QoroBackend(HttpBackend):
             await created(job_id)
         for i, fragment in enumerate(fragments):
             what = f"add circuits to job {job_id} (fragment {i + 1} of {len(fragments)})"
-            response = await self._send("POST", f"job/{job_id}/add_circuits/", what,
+            response = await self.request("POST", f"job/{job_id}/add_circuits/", what,
                                         content=fragment,
                                         headers={"Content-Type": "application/json"})
             try:
@@ -177,7 +176,7 @@ class QoroBackend(HttpBackend):
         if first.raw != _MAYBE_UNFINALIZED and first.state != RemoteState.UNKNOWN:
             return remote_id
         what = f"cancel partial job {remote_id}"
-        response = await self._send("POST", f"job/{remote_id}/cancel/", what)
+        response = await self.request("POST", f"job/{remote_id}/cancel/", what)
         if response.status_code == 409:
             after = await self._status_one(remote_id, first=False)
             # already terminal: finalized and ended (kept, so its outcome is reported),
@@ -201,7 +200,7 @@ class QoroBackend(HttpBackend):
 
     async def _status_one(self, remote_id: str, *, first: bool) -> RemoteStatus | None:
         what = f"get status of job {remote_id}"
-        response = await self._send("GET", f"job/{remote_id}/status/", what, first=first)
+        response = await self.request("GET", f"job/{remote_id}/status/", what, first=first)
         if response.status_code == 404:
             return None
         answer = json_body(check(response, what), what)
@@ -225,7 +224,7 @@ class QoroBackend(HttpBackend):
         pages = 0
         while True:
             what = f"get results of job {remote_id} (offset {offset})"
-            response = await self._send("GET", f"job/{remote_id}/resultsV2/", what,
+            response = await self.request("GET", f"job/{remote_id}/resultsV2/", what,
                                         first=pages == 0,
                                         params={"limit": PAGE_LIMIT, "offset": offset})
             if response.status_code == 400:
@@ -258,18 +257,11 @@ class QoroBackend(HttpBackend):
 
     async def _cancel_one(self, remote_id: str, *, first: bool) -> None:
         what = f"cancel job {remote_id}"
-        response = await self._send("POST", f"job/{remote_id}/cancel/", what, first=first)
+        response = await self.request("POST", f"job/{remote_id}/cancel/", what, first=first)
         # idempotent: 409 "Can only cancel a PENDING or RUNNING job" means it is already
         # terminal, 404 that it is gone; either way it is no longer running
         if response.status_code not in (404, 409):
             check(response, what)
-
-    async def _send(self, method: str, url: str, what: str, *, first: bool = False,
-                    **kwargs: Any) -> httpx.Response:
-        """One request; any but the first of a call waits for the daemon's budget."""
-        if not first and self.pace is not None:
-            await self.pace()
-        return await send(self.client, method, url, what, **kwargs)
 
 
 # -- pure helpers (run in worker threads) --------------------------------------------------
