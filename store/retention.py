@@ -136,7 +136,6 @@ class RetentionStats:
     failures: int = 0
     removed_batches: int = 0
     last_error: str | None = None
-    last_run_at: float | None = None
 
 
 async def run_periodically(store: Store, settings: Callable[[], tuple[float, float]],
@@ -173,7 +172,6 @@ async def run_periodically(store: Store, settings: Callable[[], tuple[float, flo
                      removed_events=purge.events, chunks=purge.chunks,
                      seconds=round(purge.seconds, 3))
             stats.runs += 1
-            stats.last_run_at = time.time()
         await asyncio.sleep(interval)
 
 

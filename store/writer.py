@@ -48,8 +48,6 @@ class WriterStats:
     operations: int = 0
     failed_commits: int = 0
     last_error: str | None = None
-    #: loop time of the last successful commit (for the watchdog and health)
-    last_commit_at: float = 0.0
     largest_group: int = field(default=0)
     #: wall seconds of the last committed group (its operations and the fsync), and in all
     last_commit_seconds: float = 0.0
@@ -161,7 +159,6 @@ class Writer:
             self.stats.commits += 1
             self.stats.operations += len(group)
             self.stats.largest_group = max(self.stats.largest_group, len(group))
-            self.stats.last_commit_at = asyncio.get_running_loop().time()
             self.stats.last_commit_seconds = time.perf_counter() - started
             self.stats.commit_seconds_total += self.stats.last_commit_seconds
         for item in group:

@@ -10,6 +10,7 @@ paths, and used from a directory outside the checkout.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -32,8 +33,12 @@ def _run(*cmd: str | Path, cwd: Path, env: dict[str, str] | None = None
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    # from a copy: an in-tree build leaves build/, whose stale files a later build would ship
+    source = out / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache", "bench"))
     _run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-         "--wheel-dir", out, ROOT, cwd=out)
+         "--wheel-dir", out, source, cwd=out)
     (built,) = out.glob("qjobd-*.whl")
     return built
 
