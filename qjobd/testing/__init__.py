@@ -14,9 +14,11 @@ test their code against the same fakes.
   around one real HTTP backend, with a ``Harness`` to submit, wait and read results.
 - :mod:`qjobd.testing.daemon_process`: ``DaemonProcess``, ``qjobd serve`` as a real
   subprocess with its own config, socket, database and log.
+- :mod:`qjobd.testing.conformance`: ``BackendConformance``, the checks every backend
+  passes, run against your own backend through a ``Subject`` (docs/plugins.md).
 
 Names load on first use, so ``from qjobd.testing import ScriptedBackend`` does not
-import pytest; ``harness`` needs it (``pip install 'qjobd[testing]'``).
+import pytest; ``harness`` and ``conformance`` need it (``pip install 'qjobd[testing]'``).
 Nothing in ``qjobd.daemon`` or ``qjobd.backends`` imports this package.
 """
 
@@ -26,6 +28,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from qjobd.testing.conformance import BackendConformance, Subject, Unsupported
     from qjobd.testing.daemon_process import DaemonProcess
     from qjobd.testing.fake_ionq import FakeIonQ, FakeIonQProcess
     from qjobd.testing.fake_qoro import FakeQoro
@@ -35,6 +38,9 @@ if TYPE_CHECKING:
 
 #: public name -> the module that defines it
 _WHERE = {
+    "BackendConformance": "conformance",
+    "Subject": "conformance",
+    "Unsupported": "conformance",
     "DaemonProcess": "daemon_process",
     "FakeIonQ": "fake_ionq",
     "FakeIonQProcess": "fake_ionq",
@@ -47,6 +53,7 @@ _WHERE = {
 }
 
 __all__ = [
+    "BackendConformance",
     "DaemonProcess",
     "FakeIonQ",
     "FakeIonQProcess",
@@ -54,7 +61,9 @@ __all__ = [
     "FakeServer",
     "Harness",
     "ScriptedBackend",
+    "Subject",
     "TokenBucket",
+    "Unsupported",
     "backend_daemon",
 ]
 
