@@ -35,6 +35,12 @@ class Histogram:
         self.sum += value
         self.count += 1
 
+    def copy(self) -> Histogram:
+        """The observations so far, in a histogram of their own (a snapshot)."""
+        other = Histogram(self.bounds)
+        other.counts, other.sum, other.count = list(self.counts), self.sum, self.count
+        return other
+
     def cumulative(self) -> list[tuple[float, int]]:
         """(le, observations <= le) per bucket, ending with (+Inf, count)."""
         out, running = [], 0
