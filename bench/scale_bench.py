@@ -90,7 +90,7 @@ from bench.ionq_bench import (
     render_text,
 )
 from qjobd.daemon.engine.histogram import quantile
-from qjobd.daemon.engine.runner import UNBUDGETED_RESUME_RATE
+from qjobd.daemon.engine.schedule import UNBUDGETED_RESUME_RATE
 from qjobd.store.models import CircuitRecord, NewBatch
 from qjobd.store.states import JobState
 from qjobd.store.store import Store
@@ -131,7 +131,7 @@ class Settings:
     bare_runs: int = 3
 
     def resume_spread(self, budget: float) -> float:
-        """Seconds over which the daemon spreads N overdue polls (BackendRunner._spread_window)."""
+        """Seconds over which the daemon spreads N overdue polls (PollSchedule.resume_spread)."""
         needed = self.jobs / IDS_PER_REQUEST / (budget or UNBUDGETED_RESUME_RATE)
         return min(max(needed, self.initial_interval), self.max_interval)
 

@@ -261,8 +261,8 @@ class _Api:
             "in_flight": self.ctx.scheduler.in_flight(),
             "store": {"commits": writer.stats.commits, "writes": writer.stats.operations,
                       "backlog": writer.backlog, "last_error": writer.stats.last_error},
-            "backends": {name: runner.health()
-                         for name, runner in self.ctx.scheduler.runners.items()},
+            "backends": {name: views.backend_view(stats, self.ctx.backends[name].health())
+                         for name, stats in self.ctx.scheduler.stats().items()},
         })
 
     async def metrics(self, request: Request) -> Response:

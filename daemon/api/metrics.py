@@ -85,7 +85,7 @@ def _escape_help(text: str) -> str:
 async def collect(ctx: Context, *, version: str) -> list[Family]:
     """Every metric family, read now."""
     job_rows, batch_rows = await ctx.store.metric_counts()
-    runners = ctx.scheduler.runners
+    engines = ctx.scheduler.stats()
     states = [str(s) for s in JobState]
 
     build = Family("qjobd_build_info", "gauge",
@@ -97,7 +97,7 @@ async def collect(ctx: Context, *, version: str) -> list[Family]:
     # every state of every backend, zeros included: a series that comes and goes
     # breaks rate() and alerts on absence
     jobs = Family("qjobd_jobs", "gauge", "Jobs in the store by backend and state")
-    names = sorted(set(runners) | {backend for backend, _ in job_rows})
+    names = sorted(set(engines) | {backend for backend, _ in job_rows})
     for backend in names:
         seen = [s for b, s in job_rows if b == backend and s not in states]
         for state in states + sorted(seen):
@@ -124,20 +124,15 @@ async def collect(ctx: Context, *, version: str) -> list[Family]:
     lag = Family("qjobd_poll_lag_seconds", "histogram",
                  "Scheduling lag per job polled: from the poll's due time to its status "
                  "request being sent (budget waits included)")
-    for name, runner in runners.items():
-        budget = runner.budget
-        info.add(1, backend=name, type=runner.config.type)
-        requests.add(runner.requests, backend=name)
-        errors.add(runner.errors, backend=name)
-        paused.add(round(budget.paused_for, 3), backend=name)
-        rate.add(budget.rate, backend=name)
-        in_flight.add(runner.in_flight, backend=name)
-        waiting = getattr(budget, "waiting", None)
-        if waiting is not None:
-            waiters.add(waiting, backend=name)
-        histogram = getattr(runner, "poll_lag", None)
-        if histogram is not None:
-            add_histogram(lag, histogram, backend=name)
+    for name, stats in engines.items():
+        info.add(1, backend=name, type=stats.type)
+        requests.add(stats.requests, backend=name)
+        errors.add(stats.errors, backend=name)
+        paused.add(round(stats.paused_for, 3), backend=name)
+        rate.add(stats.requests_per_second, backend=name)
+        in_flight.add(stats.in_flight, backend=name)
+        waiters.add(stats.budget_waiters, backend=name)
+        add_histogram(lag, stats.poll_lag, backend=name)
 
     return [build, uptime, jobs, batches, info, requests, errors, paused, rate, in_flight,
             waiters, lag, *_store_families(ctx)]

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
+from qjobd.daemon.engine.runner import RunnerStats
 from qjobd.store.models import Batch, Event, Job, Result
 
 
@@ -86,3 +87,26 @@ def event_view(event: Event) -> dict[str, Any]:
         "state": event.state,
         "detail": event.detail,
     }
+
+
+def backend_view(stats: RunnerStats, details: dict[str, Any]) -> dict[str, Any]:
+    """A backend in ``GET /v1/health``: its engine's figures, then the backend's own
+    ``details`` (``Backend.health()``)."""
+    lag = stats.poll_lag
+    return {
+        "type": stats.type,
+        "in_flight": stats.in_flight,
+        "submit_backlog": stats.submit_backlog,
+        "requests": stats.requests,
+        "errors": stats.errors,
+        "last_error": stats.last_error,
+        "requests_per_second": stats.requests_per_second or None,
+        "paused_for": round(stats.paused_for, 3),
+        "poll_lag": {"polls": lag.count, "p50": _rounded(lag.quantile(0.5)),
+                     "p99": _rounded(lag.quantile(0.99))},
+        **details,
+    }
+
+
+def _rounded(value: float) -> float | None:
+    return None if value != value else round(value, 4)  # NaN (no polls yet): null

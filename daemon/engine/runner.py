@@ -1,22 +1,21 @@
 """One backend's engine: submits its queued jobs, polls its remote jobs, stores results.
 
-Each job carries its own backoff (stored with the job, so a restart continues the
-schedule). Due polls sit in one calendar per backend (10-ms slots of job ids, the slots
-in a heap) rather than one sleeping task per job: that keeps 100,000 in-flight jobs
-cheap and lets polls that fall due together be merged into one request where the
-provider can answer for many jobs at once. Every request draws from the backend's
-budget; a 429 pauses this backend only.
+The runner holds the I/O loops: a pool of submitters and one poll loop. What they decide
+comes from three pure pieces: when each job is polled next (``schedule.py``: its backoff,
+stored with the job so a restart continues it), which polls are due (``calendar.py``:
+polls that fall due together are merged into one request where the provider can answer
+for many jobs at once), and what to do when something fails (``policy.py``). Every
+request draws from the backend's budget; a 429 pauses this backend only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-import heapq
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
@@ -24,14 +23,15 @@ import structlog
 
 from qjobd.backends import qasm
 from qjobd.backends.base import Backend, Circuit, RemoteState, RemoteStatus, SubmitRequest
-from qjobd.backends.errors import AuthError, BackendError, RateLimited, Rejected, Unavailable
-from qjobd.daemon.config import BackendConfig
-from qjobd.daemon.engine.backoff import Backoff
+from qjobd.backends.errors import BackendError
+from qjobd.daemon.config import BackendConfig, PollingConfig
+from qjobd.daemon.engine.calendar import PollCalendar
 from qjobd.daemon.engine.histogram import Histogram
+from qjobd.daemon.engine.policy import LOOKUP_CLOCK_SKEW, Action, Decision, RetryPolicy, Step
 from qjobd.daemon.engine.ratelimit import Priority, RequestBudget
-from qjobd.store.errors import StoreError
+from qjobd.daemon.engine.schedule import PollSchedule
 from qjobd.store.models import Batch, Job
-from qjobd.store.states import IllegalTransition, JobState, can_move
+from qjobd.store.states import JobState, can_move
 from qjobd.store.store import Store
 
 log = structlog.get_logger("qjobd.runner")
@@ -47,19 +47,10 @@ _REMOTE_TO_JOB = {
 
 #: polls due within this window of the first are sent together (coalescing)
 COALESCE_WINDOW = 0.05
-#: the calendar's slot: polls due within one slot are one entry of its heap
-SLOT = 0.01
 #: at most this many requests to one backend in flight at once
 MAX_IN_FLIGHT = 16
 #: concurrent submissions per backend (each waits on the budget like any request)
 SUBMITTERS = 16
-#: how long a backend whose credentials were refused waits before trying again
-AUTH_PAUSE = 60.0
-#: how far the provider's clock may run behind ours, for lookups by creation time
-LOOKUP_CLOCK_SKEW = 60.0
-#: the pace (requests/s) a restart's overdue polls are spread at when the backend has no
-#: budget: "unlimited" must not mean 4,000 requests in the first second after a restart
-UNBUDGETED_RESUME_RATE = 100.0
 
 #: the budget priority of the call in progress: the extra requests of a multi-request
 #: call (an upload's fragments, paged results) wait in the same place as its first
@@ -94,6 +85,34 @@ class Tracked:
     near_end: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class RunnerStats:
+    """One backend's engine at one moment: for health, metrics, the watchdog and STATUS."""
+
+    name: str
+    type: str
+    #: jobs it drives now (not yet terminal)
+    in_flight: int = 0
+    #: queued jobs waiting for a submitter
+    submit_backlog: int = 0
+    #: requests sent, and those that failed, since the daemon started
+    requests: int = 0
+    errors: int = 0
+    last_error: str | None = None
+    #: the request budget (0: unlimited), and what it did so far
+    requests_per_second: float = 0.0
+    #: seconds left of a pause (429 Retry-After, refused credentials); 0 if none
+    paused_for: float = 0.0
+    #: requests the budget let go so far (the watchdog's sign of progress)
+    granted: int = 0
+    #: requests waiting for the budget now
+    budget_waiters: int = 0
+    #: the schedule the jobs are polled on
+    polling: PollingConfig = field(default_factory=PollingConfig)
+    #: seconds from a poll's due time to its request being sent, per job polled
+    poll_lag: Histogram = field(default_factory=Histogram)
+
+
 class BackendRunner:
     """Drives every job of one backend to a terminal state."""
 
@@ -101,19 +120,17 @@ class BackendRunner:
                  on_batch_change: Callable[[str], None]) -> None:
         self.backend = backend
         self.name = backend.name
-        self.config = config
-        self.store = store
-        self.budget = RequestBudget(config.requests_per_second)
+        self._config = config
+        self._store = store
+        self._budget = RequestBudget(config.requests_per_second)
         # a call that sends several requests draws from the budget for each after the first
         backend.pace = self._pace
-        self.backoff = Backoff(config.polling)
+        self._schedule = PollSchedule(config.polling)
+        self._policy = RetryPolicy(self.name, config.polling)
+        self._calendar = PollCalendar(asyncio.get_running_loop().time)
         self._on_batch_change = on_batch_change
         self._log = log.bind(backend=self.name)
         self._jobs: dict[str, Tracked] = {}
-        #: due polls: slot number -> job ids, and a heap of the slot numbers in use. A
-        #: heap of 100,000 (due, job) entries cost ~4 us a push and pop; this, ~0.3 us
-        self._calendar: dict[int, list[str]] = {}
-        self._slot_heap: list[int] = []
         self._wake = asyncio.Event()
         self._submit_queue: asyncio.Queue[str] = asyncio.Queue()
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
@@ -122,76 +139,74 @@ class BackendRunner:
         #: the schedule write in progress: the poll loop does not wait for its commit
         self._flushing: asyncio.Task[None] | None = None
         self._batches: dict[str, Batch] = {}
-        #: counters for health and tests
-        self.requests = 0
-        self.errors = 0
-        self.last_error: str | None = None
-        #: seconds from a poll's due time to its request being sent, per job polled
-        self.poll_lag = Histogram()
+        self._requests = 0
+        self._errors = 0
+        self._last_error: str | None = None
+        self._poll_lag = Histogram()
 
     # -- public ----------------------------------------------------------------------
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._jobs)
+    def stats(self) -> RunnerStats:
+        """A snapshot of this engine's figures."""
+        budget = self._budget
+        return RunnerStats(
+            name=self.name, type=self._config.type, in_flight=len(self._jobs),
+            submit_backlog=self._submit_queue.qsize(), requests=self._requests,
+            errors=self._errors, last_error=self._last_error,
+            requests_per_second=budget.rate, paused_for=budget.paused_for,
+            granted=budget.granted, budget_waiters=budget.waiting,
+            polling=self._config.polling, poll_lag=self._poll_lag.copy())
 
-    def health(self) -> dict[str, object]:
-        return {
-            "type": self.config.type,
-            "in_flight": self.in_flight,
-            "submit_backlog": self._submit_queue.qsize(),
-            "requests": self.requests,
-            "errors": self.errors,
-            "last_error": self.last_error,
-            "requests_per_second": self.config.requests_per_second or None,
-            "paused_for": round(self.budget.paused_for, 3),
-            "poll_lag": {"polls": self.poll_lag.count,
-                         "p50": _rounded(self.poll_lag.quantile(0.5)),
-                         "p99": _rounded(self.poll_lag.quantile(0.99))},
-            **self.backend.health(),
-        }
+    async def reconfigure(self, config: BackendConfig) -> None:
+        """Take new settings in place (SIGHUP); no job stops.
+
+        The backend re-reads its own settings first (its API key): if it refuses them
+        (raises), nothing changes. Then requests waiting on the old budget are woken, and
+        each job's next interval follows the new schedule.
+        """
+        await self.backend.reconfigure(config.options)
+        if config.requests_per_second != self._config.requests_per_second:
+            self._budget.set_rate(config.requests_per_second)
+        if config.polling != self._config.polling:
+            self._schedule = PollSchedule(config.polling)
+            self._policy = RetryPolicy(self.name, config.polling)
+        self._config = config
+
+    def next_poll_at(self, job_id: str) -> float | None:
+        """Wall time of the job's next poll, if this engine tracks it."""
+        tracked = self._jobs.get(job_id)
+        return None if tracked is None else tracked.next_at
 
     async def resume(self, jobs: Iterable[Job]) -> None:
         """Take over the non-terminal jobs found in the store at start."""
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        wall = _wall_offset(loop)
+        now, wall = self._calendar.now(), time.time()
         durable = self.backend.capabilities.durable
-        overdue: list[str] = []
+        overdue: list[Tracked] = []
         for job in jobs:
             tracked = Tracked(job.id, job.batch_id, job.state, job.remote_id,
                               job.poll_interval, job.remote_status, next_at=job.next_poll_at,
                               saved_at=job.next_poll_at)
             if job.poll_interval is not None:
-                tracked.saved_step = self.backoff.step_of(job.poll_interval)
+                tracked.saved_step = self._schedule.step_of(job.poll_interval)
             self._jobs[job.id] = tracked
             if job.state == JobState.QUEUED:
                 self._submit_queue.put_nowait(job.id)
             elif job.state == JobState.SUBMITTING or not durable:
                 self._spawn(self._recover(tracked))
             else:
-                due = (job.next_poll_at - wall) if job.next_poll_at else now
-                if due <= now:
-                    overdue.append(job.id)
+                wait = (job.next_poll_at - wall) if job.next_poll_at else 0.0
+                if wait <= 0:
+                    overdue.append(tracked)
                 else:
-                    self._push(due, tracked)
-        # polls that fell due while the daemon was down are spread over the time the
-        # budget needs for them, not fired at once (the budget would hold a burst back
-        # anyway, but a spread keeps the order fair and the first seconds responsive)
-        window = self._spread_window(len(overdue))
-        for job_id in overdue:
-            self._push(now + random.uniform(0, window), self._jobs[job_id])
+                    self._push(tracked, now + wait)
+        caps = self.backend.capabilities
+        window = self._schedule.resume_spread(
+            len(overdue), per_request=caps.max_status_batch if caps.batch_status else 1,
+            rate=self._config.requests_per_second)
+        for tracked in overdue:
+            self._push(tracked, now + random.uniform(0, window))
         if self._jobs:
             self._log.info("resumed jobs", jobs=len(self._jobs))
-
-    def _spread_window(self, n: int) -> float:
-        """Seconds over which ``n`` overdue polls are spread at resume."""
-        caps = self.backend.capabilities
-        per_request = caps.max_status_batch if caps.batch_status else 1
-        rate = self.config.requests_per_second or UNBUDGETED_RESUME_RATE
-        needed = n / per_request / rate
-        return min(max(needed, self.config.polling.initial_interval),
-                   self.config.polling.max_interval)
 
     def enqueue(self, jobs: Iterable[Job]) -> None:
         """Accept newly stored (queued) jobs."""
@@ -202,6 +217,7 @@ class BackendRunner:
     async def cancel(self, job_ids: Sequence[str], *, reason: JobState = JobState.CANCELED,
                      why: str = "canceled by user") -> None:
         """End these jobs as ``reason``, canceling their remote jobs first."""
+        error = why if reason != JobState.CANCELED else None
         remote: list[Tracked] = []
         for job_id in job_ids:
             tracked = self._jobs.get(job_id)
@@ -211,10 +227,8 @@ class BackendRunner:
                 # the create may be in flight: end the job once its remote id is known,
                 # so the remote job is canceled too instead of running orphaned
                 tracked.pending_end = (reason, why)
-                continue
-            if tracked.remote_id is None:
-                await self._move(tracked, reason, error=why if reason != JobState.CANCELED
-                                 else None, detail={"reason": why})
+            elif tracked.remote_id is None:
+                await self._move(tracked, reason, error=error, detail={"reason": why})
             else:
                 remote.append(tracked)
         chunk = max(1, self.backend.capabilities.max_status_batch)
@@ -223,14 +237,14 @@ class BackendRunner:
             ids = [t.remote_id for t in group]
             try:
                 await self._request(self.backend.cancel, ids)
-            except BackendError as exc:
-                self._log.warning("remote cancel failed; ending the jobs anyway",
-                                  error=str(exc), jobs=len(group))
+            except Exception as exc:
+                self._decide(Step.CANCEL, exc, jobs=len(group))
             # a job may have finished before the cancel reached it (a provider may still
             # answer "canceled"): ask, and keep what it finished
             try:
                 statuses = await self._request(self.backend.status, ids)
-            except BackendError:
+            except Exception as exc:
+                self._decide(Step.CONFIRM, exc, jobs=len(group))
                 statuses = {}
             for tracked in group:
                 if tracked.job_id not in self._jobs:
@@ -240,9 +254,7 @@ class BackendRunner:
                                                            RemoteState.FAILED):
                     await self._handle_safely(tracked, status)
                 else:
-                    await self._move(tracked, reason,
-                                     error=why if reason != JobState.CANCELED else None,
-                                     detail={"reason": why})
+                    await self._move(tracked, reason, error=error, detail={"reason": why})
 
     async def run(self) -> None:
         """The engine's loops; runs until cancelled."""
@@ -276,58 +288,36 @@ class BackendRunner:
                     job_id=job_id, batch_id=tracked.batch_id, backend=self.name):
                 try:
                     await self._submit(tracked)
-                except StoreError as exc:
-                    self._log.error("submission could not be recorded", error=str(exc))
-                    self._retry_later(tracked)
-                except IllegalTransition as exc:
-                    self._log.error("job changed under the submitter", error=str(exc))
-                    await self._resync(tracked)
-                except Exception:
-                    # never let one job's surprise stop the submitter for everyone else
-                    self._log.exception("submission failed unexpectedly")
-                    self._retry_later(tracked)
+                except Exception as exc:
+                    await self._obey(tracked, self._decide(Step.SUBMIT, exc))
 
     async def _submit(self, tracked: Tracked) -> None:
         try:
             request = await self._build_request(tracked)
-        except qasm.QasmError as exc:
-            await self._move(tracked, JobState.FAILED, error=str(exc))
+        except Exception as exc:
+            await self._obey(tracked, self._decide(Step.PREPARE, exc))
             return
         # the intent is stored before the request: a crash from here on is reconciled
         await self._move(tracked, JobState.SUBMITTING)
 
         async def created(remote_id: str) -> None:
             # a multi-request create: keep the id before the upload, to settle a crash
-            await self.store.record_remote_id(tracked.job_id, remote_id)
+            await self._store.record_remote_id(tracked.job_id, remote_id)
             tracked.remote_id = remote_id
 
         try:
             remote_id = await self._request(self.backend.submit, request, created=created,
                                             _priority=Priority.CREATE)
-        except Rejected as exc:
-            await self._move(tracked, JobState.FAILED, error=f"rejected by {self.name}: {exc}")
-            return
-        except AuthError as exc:
-            # refused before anything was created: wait for new credentials (SIGHUP)
-            self._log.error("credentials refused; pausing backend", error=str(exc),
-                            seconds=AUTH_PAUSE)
-            self.budget.pause(AUTH_PAUSE)
-            await self._move(tracked, JobState.QUEUED, detail={"reason": str(exc)})
-            self._submit_queue.put_nowait(tracked.job_id)
-            return
-        except BackendError as exc:
-            # the job may or may not exist remotely now: find out before any resubmission
-            self._log.warning("submission outcome unknown; will reconcile", error=str(exc))
-            await asyncio.sleep(self.backoff.first())
-            self._spawn(self._recover(tracked))
+        except Exception as exc:
+            await self._obey(tracked, self._decide(Step.CREATE, exc))
             return
         self._log.info("submitted", remote_id=remote_id)
         await self._submitted(tracked, remote_id)
 
     async def _build_request(self, tracked: Tracked) -> SubmitRequest:
         batch = await self._batch(tracked.batch_id)
-        job = await self.store.get_job(tracked.job_id)
-        records = await self.store.circuits(tracked.job_id)
+        job = await self._store.get_job(tracked.job_id)
+        records = await self._store.circuits(tracked.job_id)
         versions = self.backend.capabilities.qasm_versions
         if all(r.qasm_version in versions for r in records):
             # checked at submission and stored with its version: sent as it is
@@ -349,15 +339,14 @@ class BackendRunner:
                        num_clbits=parsed.num_clbits)
 
     async def _submitted(self, tracked: Tracked, remote_id: str, *, found: bool = False) -> None:
-        interval = self.backoff.first()
+        first = self._schedule.first()
         detail = {"reason": "interrupted submission settled: the job exists remotely"} \
             if found else None
-        next_at = _wall(interval)
         await self._move(tracked, JobState.SUBMITTED, remote_id=remote_id,
-                         poll_interval=interval, next_poll_at=next_at, detail=detail)
-        tracked.interval, tracked.next_at, tracked.saved_at = interval, next_at, next_at
-        tracked.saved_step = self.backoff.step_of(interval)
-        self._push(asyncio.get_running_loop().time() + interval, tracked)
+                         poll_interval=first.interval, next_poll_at=first.at, detail=detail)
+        tracked.interval, tracked.next_at, tracked.saved_at = first.interval, first.at, first.at
+        tracked.saved_step = first.step
+        self._push(tracked, self._calendar.now() + first.wait)
 
     async def _recover(self, tracked: Tracked) -> None:
         """Settle a job whose submission or remote job may have been lost with a crash.
@@ -367,38 +356,31 @@ class BackendRunner:
         """
         with structlog.contextvars.bound_contextvars(
                 job_id=tracked.job_id, batch_id=tracked.batch_id, backend=self.name):
-            caps = self.backend.capabilities
-            if not caps.durable:
-                # the simulator's work died with the old process: nothing exists remotely
-                await self._requeue(tracked, f"{self.name} jobs do not survive a restart; "
-                                             "running it again")
-                return
-            job = await self.store.get_job(tracked.job_id)
-            if job.remote_id is not None and job.state == JobState.SUBMITTING:
-                await self._resume_upload(tracked, job.remote_id)
-                return
-            if caps.lookup_by_key:
-                remote_id = await self._keep_trying(
-                    "lookup", self.backend.lookup, job.submission_key,
-                    # the intent was stored after the job row: nothing older can match
-                    created_after=job.created_at - LOOKUP_CLOCK_SKEW)
-                if remote_id is None:
-                    await self._requeue(tracked, "interrupted submission: the provider has "
-                                                 "no such job; submitting again")
-                else:
-                    self._log.info("interrupted submission found remotely",
-                                   remote_id=remote_id)
-                    await self._submitted(tracked, remote_id, found=True)
-                return
-            if caps.lost_create_is_inert:
-                await self._requeue(tracked, "interrupted submission: whatever the lost "
-                                             "create left can never run; submitting again")
-                return
-            await self._move(tracked, JobState.FAILED, error=(
-                "the submission was interrupted and this backend cannot tell whether the "
-                "job was created; not resubmitting to avoid a duplicate"))
+            job = await self._store.get_job(tracked.job_id)
+            decision = self._policy.decide(
+                Step.RECOVER, caps=self.backend.capabilities,
+                uploading=job.remote_id is not None and job.state == JobState.SUBMITTING)
+            if decision.action is Action.RESUME_UPLOAD:
+                await self._resume_upload(tracked, job)
+            elif decision.action is Action.LOOKUP:
+                await self._lookup(tracked, job)
+            else:
+                await self._obey(tracked, decision)
 
-    async def _resume_upload(self, tracked: Tracked, partial_id: str) -> None:
+    async def _lookup(self, tracked: Tracked, job: Job) -> None:
+        remote_id = await self._keep_trying(
+            "lookup", self.backend.lookup, job.submission_key,
+            # the intent was stored after the job row: nothing older can match
+            created_after=job.created_at - LOOKUP_CLOCK_SKEW)
+        if remote_id is None:
+            await self._requeue(tracked, "interrupted submission: the provider has no such "
+                                         "job; submitting again")
+        else:
+            self._log.info("interrupted submission found remotely", remote_id=remote_id)
+            await self._submitted(tracked, remote_id, found=True)
+
+    async def _resume_upload(self, tracked: Tracked, job: Job) -> None:
+        partial_id = job.remote_id
         request = await self._build_request(tracked)
         remote_id = await self._keep_trying("resume", self.backend.resume_interrupted,
                                             partial_id, request)
@@ -411,15 +393,17 @@ class BackendRunner:
 
     async def _keep_trying(self, what: str, fn: Callable[..., Awaitable[R]], *args: Any,
                            **kw: Any) -> R:
-        """Retry a settling request through outages: until it answers, nothing is safe."""
-        interval: float | None = None
+        """Send a settling request until the policy stops retrying it."""
+        delay: float | None = None
         while True:
             try:
                 return await self._request(fn, *args, **kw)
-            except Unavailable as exc:
-                interval = self.backoff.next(interval)
-                self._log.warning(f"{what} failed; retrying", error=str(exc), seconds=interval)
-                await asyncio.sleep(interval)
+            except Exception as exc:
+                decision = self._decide(Step.SETTLE, exc, previous=delay, request=what)
+                if decision.action is not Action.RETRY:
+                    raise  # nothing else is safe: until it answers, nothing is known
+                delay = decision.delay
+                await asyncio.sleep(delay)
 
     async def _requeue(self, tracked: Tracked, reason: str) -> None:
         await self._move(tracked, JobState.QUEUED, detail={"reason": reason})
@@ -427,48 +411,23 @@ class BackendRunner:
 
     # -- polling ---------------------------------------------------------------------
 
-    def _push(self, due: float, tracked: Tracked) -> None:
+    def _push(self, tracked: Tracked, due: float) -> None:
         tracked.due = due
-        slot = int(due // SLOT)
-        jobs = self._calendar.get(slot)
-        if jobs is not None:
-            jobs.append(tracked.job_id)
-            return
-        self._calendar[slot] = [tracked.job_id]
-        first = not self._slot_heap or slot < self._slot_heap[0]
-        heapq.heappush(self._slot_heap, slot)
-        if first:
+        if self._calendar.add(tracked.job_id, due):
             self._wake.set()
 
-    def _next_due(self) -> list[str]:
-        """Take the job ids of the earliest slot out of the calendar."""
-        return self._calendar.pop(heapq.heappop(self._slot_heap))
-
     async def _poll_loop(self) -> None:
-        loop = asyncio.get_running_loop()
+        calendar = self._calendar
         while True:
             self._wake.clear()
-            if not self._slot_heap:
+            wait = calendar.wait()
+            if wait is None or wait > 0:
                 self._flush_soon()
-                await self._wake.wait()
+                await self._sleep(wait)
                 continue
-            delay = self._slot_heap[0] * SLOT - loop.time()
-            if delay > 0:
-                self._flush_soon()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), delay)
-                except TimeoutError:
-                    pass
-                continue
-            limit = loop.time() + COALESCE_WINDOW
-            due: list[Tracked] = []
             jobs = self._jobs
-            while self._slot_heap and self._slot_heap[0] * SLOT <= limit:
-                for job_id in self._next_due():
-                    tracked = jobs.get(job_id)
-                    if tracked is not None and tracked.remote_id is not None \
-                            and not tracked.state.terminal:
-                        due.append(tracked)
+            due = [t for t in map(jobs.get, calendar.take_due(COALESCE_WINDOW))
+                   if t is not None and _pollable(t)]
             caps = self.backend.capabilities
             size = caps.max_status_batch if caps.batch_status else 1
             if size > 1 and due:
@@ -477,6 +436,16 @@ class BackendRunner:
                 await self._slots.acquire()
                 self._spawn(self._poll(due[start:start + size]), slot=True)
 
+    async def _sleep(self, seconds: float | None) -> None:
+        """Until ``seconds`` pass (None: forever), or an earlier poll is filed."""
+        if seconds is None:
+            await self._wake.wait()
+            return
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except TimeoutError:
+            pass
+
     def _fill(self, due: list[Tracked], size: int) -> None:
         """Top the last request up with the jobs due next: polled early at no extra cost.
 
@@ -484,15 +453,9 @@ class BackendRunner:
         would carry one or two ids; filled, each request carries ``size``.
         """
         room = -len(due) % size
-        while room and self._slot_heap:
-            slot = self._slot_heap[0]
-            waiting = self._calendar[slot]
-            job_id = waiting.pop()
-            if not waiting:
-                self._next_due()
+        while room and (job_id := self._calendar.take_next()) is not None:
             tracked = self._jobs.get(job_id)
-            if tracked is not None and tracked.remote_id is not None \
-                    and not tracked.state.terminal:
+            if tracked is not None and _pollable(tracked):
                 tracked.early = True
                 due.append(tracked)
                 room -= 1
@@ -500,13 +463,10 @@ class BackendRunner:
     async def _poll(self, group: list[Tracked]) -> None:
         try:
             statuses = await self._request(self._status, group)
-        except Exception as exc:  # a bug, or an answer nothing foresaw, too: polled again
+        except Exception as exc:
+            decision = self._decide(Step.POLL, exc, jobs=len(group))
             for tracked in group:
-                self._later(tracked, None)
-            if isinstance(exc, BackendError):
-                self._log.warning("status poll failed", error=str(exc), jobs=len(group))
-            else:
-                self._log.exception("status poll failed unexpectedly", jobs=len(group))
+                await self._obey(tracked, decision)
             return
         # most answers change nothing (the job is still queued or running): those are
         # rescheduled right here, without a task each; the others are handled
@@ -525,10 +485,10 @@ class BackendRunner:
 
     async def _status(self, group: list[Tracked]) -> dict[str, RemoteStatus]:
         """The status request of a poll, once the budget let it go: its lag is measured here."""
-        now = asyncio.get_running_loop().time()
+        now = self._calendar.now()
         for tracked in group:
             if not tracked.early:  # a job polled early to fill the request was not due
-                self.poll_lag.observe(now - tracked.due)
+                self._poll_lag.observe(now - tracked.due)
         return await self.backend.status([t.remote_id for t in group])
 
     async def _handle_safely(self, tracked: Tracked, status: RemoteStatus | None) -> None:
@@ -536,24 +496,14 @@ class BackendRunner:
                 job_id=tracked.job_id, batch_id=tracked.batch_id, backend=self.name):
             try:
                 await self._handle(tracked, status)
-            except StoreError as exc:
-                self._log.error("could not record a poll", error=str(exc))
-                self._later(tracked, None)
-            except IllegalTransition as exc:
-                self._log.error("job changed under the poller", error=str(exc))
-                await self._resync(tracked)
-            except Exception:
-                self._log.exception("could not handle a poll; will poll again")
-                self._later(tracked, None)
+            except Exception as exc:
+                await self._obey(tracked, self._decide(Step.RECORD, exc))
 
     async def _handle(self, tracked: Tracked, status: RemoteStatus | None) -> None:
         if status is None:
-            if not self.backend.capabilities.durable:
-                await self._recover(tracked)
-                return
-            self._log.warning("the provider does not know this job; still polling",
-                              remote_id=tracked.remote_id)
-            self._later(tracked, None)
+            decision = self._policy.decide(Step.UNKNOWN_JOB, caps=self.backend.capabilities)
+            self._heed(decision, remote_id=tracked.remote_id)
+            await self._obey(tracked, decision)
             return
         if self._unchanged(tracked, status):
             return
@@ -586,17 +536,13 @@ class BackendRunner:
         return True
 
     async def _complete(self, tracked: Tracked, status: RemoteStatus) -> None:
-        records = await self.store.circuits(tracked.job_id)
+        records = await self._store.circuits(tracked.job_id)
         circuits = [Circuit(r.label, r.source, r.qasm_version, r.num_clbits) for r in records]
         try:
             counts = await self._request(self.backend.results, tracked.remote_id, circuits)
-        except Unavailable as exc:
-            self._log.warning("result fetch failed; retrying", error=str(exc))
-            self._later(tracked, None)
-            return
-        except BackendError as exc:
-            await self._move(tracked, JobState.FAILED, remote_status=status.raw,
-                             error=f"results could not be read: {exc}")
+        except Exception as exc:
+            await self._obey(tracked, self._decide(Step.RESULTS, exc),
+                             remote_status=status.raw)
             return
         missing = [c.label for c in circuits if c.label not in counts]
         if missing:
@@ -611,54 +557,20 @@ class BackendRunner:
 
     def _later(self, tracked: Tracked, raw_changed: str | None,
                eta: float | None = None) -> None:
-        """Schedule the job's next poll with backoff; the store learns it in the next flush
-        if it is news: a new raw status, or a new step of the backoff.
+        """Schedule the job's next poll (``PollSchedule.after``); the store learns it in the
+        next flush if it is news: a new raw status, or what ``NextPoll.is_news`` says.
 
-        A job polled early (to fill a request) keeps its interval: it was not due.
-
-        ``eta``, the provider's prediction of the time the job has left, stretches the wait
-        to ``prediction_trust`` of it (at most ``prediction_max_wait``): a job predicted to
-        wait in a queue for ten more minutes is not asked about every 30 s meanwhile.
-        After a stretched wait the job is near its predicted end: its schedule goes on
-        from the length of that wait, capped at ``near_end_factor`` of ``max_interval``
-        (a job that old would be polled at the cap; a little more often buys quicker
-        detection with some of the polls saved, and a young job is not pushed to the cap).
-
-        A job at the cap is not rewritten at each poll (100,000 jobs at 30 s would be 3,300
-        row updates a second, a quarter of the daemon's CPU): the store keeps its interval,
-        and the due time of the last change, which a crash then finds overdue and a
-        restart polls within the resume spread (at most ``max_interval``). A clean stop
-        stores every due time (``run``), the API shows the live one (``next_poll_at``).
+        A clean stop stores every due time (``run``); the API shows the live one
+        (``next_poll_at``).
         """
-        backoff = self.backoff  # a reload replaces it
-        trust = backoff.policy.prediction_trust
-        cap = backoff.near_end_cap() if tracked.near_end and trust else None
-        if tracked.early and tracked.interval is not None:
-            tracked.early = False
-        else:
-            tracked.interval = backoff.next(tracked.interval, cap)
-        interval = wait = tracked.interval
-        if eta is not None and trust:
-            stretched = min(trust * eta, backoff.policy.prediction_max_wait)
-            if stretched > interval:
-                wait = stretched
-                tracked.near_end, cap = True, backoff.near_end_cap()
-                tracked.interval = interval = backoff.at_most(stretched, cap)
-        self._push(asyncio.get_running_loop().time() + wait, tracked)
-        tracked.next_at = _wall(wait)
-        step = backoff.step_of(interval, cap)
-        # the store must never hold a later poll than the real one (a crash would resume
-        # the job late): a stretched wait cut short by an early poll is written again
-        if raw_changed is not None or step != tracked.saved_step \
-                or (tracked.saved_at is not None and tracked.saved_at > tracked.next_at):
-            self._pending_schedule.append((tracked.job_id, raw_changed, interval,
-                                           tracked.next_at))
-            tracked.saved_step, tracked.saved_at = step, tracked.next_at
-
-    def next_poll_at(self, job_id: str) -> float | None:
-        """Wall time of the job's next poll, if this engine tracks it."""
-        tracked = self._jobs.get(job_id)
-        return None if tracked is None else tracked.next_at
+        nxt = self._schedule.after(tracked.interval, early=tracked.early,
+                                   near_end=tracked.near_end, eta=eta)
+        tracked.interval, tracked.near_end, tracked.early = nxt.interval, nxt.near_end, False
+        self._push(tracked, self._calendar.now() + nxt.wait)
+        tracked.next_at = nxt.at
+        if raw_changed is not None or nxt.is_news(tracked.saved_step, tracked.saved_at):
+            self._pending_schedule.append((tracked.job_id, raw_changed, nxt.interval, nxt.at))
+            tracked.saved_step, tracked.saved_at = nxt.step, nxt.at
 
     def _flush_soon(self) -> None:
         """Store the pending schedule in the background, one write at a time."""
@@ -670,22 +582,66 @@ class BackendRunner:
             return
         rows, self._pending_schedule = self._pending_schedule, []
         try:
-            await self.store.reschedule(rows)
-        except StoreError as exc:
-            # only the stored schedule is stale: a restart would poll these a little early;
-            # their next poll writes it again
-            self._log.warning("could not store poll schedule", error=str(exc), jobs=len(rows))
+            await self._store.reschedule(rows)
+        except Exception as exc:
+            self._decide(Step.SCHEDULE, exc, jobs=len(rows))  # REWRITE: with the next poll
             for job_id, *_ in rows:
                 tracked = self._jobs.get(job_id)
                 if tracked is not None:
                     tracked.saved_step = None
 
+    # -- the policy's decisions ----------------------------------------------------------
+
+    def _decide(self, step: Step, error: Exception, *, previous: float | None = None,
+                **log_fields: Any) -> Decision:
+        """Ask the policy what ``error``, raised during ``step``, calls for; pause the
+        backend and log as it says, and raise the error again if it is not this step's to
+        handle."""
+        decision = self._policy.decide(step, error, previous=previous)
+        self._heed(decision, error=str(error), **log_fields)
+        if decision.action is Action.RAISE:
+            raise error
+        return decision
+
+    def _heed(self, decision: Decision, **log_fields: Any) -> None:
+        """The backend-wide part of a decision: its pause, and its log line."""
+        if decision.pause:
+            self._budget.pause(decision.pause)
+            log_fields["pause"] = decision.pause
+        if decision.delay:
+            log_fields["delay"] = round(decision.delay, 3)
+        if decision.say is not None:
+            getattr(self._log, decision.level)(decision.say, **log_fields)
+
+    async def _obey(self, tracked: Tracked, decision: Decision, **changes: Any) -> None:
+        """Do for one job what the policy decided (``changes``: stored with a FAIL)."""
+        match decision.action:
+            case Action.POLL_AGAIN:
+                self._later(tracked, None)
+            case Action.FAIL:
+                await self._move(tracked, JobState.FAILED, error=decision.error, **changes)
+            case Action.REQUEUE:
+                await self._requeue(tracked, decision.error or "")
+            case Action.RESYNC:
+                await self._resync(tracked)
+            case Action.RECOVER:
+                await self._recover(tracked)
+            case Action.RECONCILE:
+                await asyncio.sleep(decision.delay)
+                self._spawn(self._recover(tracked))
+            case Action.RETRY_LATER:
+                self._retry_later(tracked, decision.delay)
+            case Action.CARRY_ON:
+                pass
+            case _:
+                raise ValueError(f"{decision.action} is not an action on one job")
+
     # -- plumbing --------------------------------------------------------------------
 
     async def _pace(self) -> None:
         """A backend's request after the first of one call: budgeted and counted too."""
-        await self.budget.acquire(_PRIORITY.get())
-        self.requests += 1
+        await self._budget.acquire(_PRIORITY.get())
+        self._requests += 1
 
     async def _request(self, fn: Callable[..., Awaitable[R]], *args: Any,
                        _priority: Priority = Priority.TRACK, **kw: Any) -> R:
@@ -694,29 +650,20 @@ class BackendRunner:
         Creates wait behind tracking requests (polls, results, cancels, lookups): work
         already running remotely is followed up before more is started.
         """
-        await self.budget.acquire(_priority)
-        self.requests += 1
+        await self._budget.acquire(_priority)
+        self._requests += 1
         token = _PRIORITY.set(_priority)
         try:
             return await fn(*args, **kw)
-        except RateLimited as exc:
-            pause = exc.retry_after if exc.retry_after is not None else self.backoff.first()
-            self.budget.pause(pause)
-            self._note_error(exc)
-            self._log.warning("rate limited; pausing backend", seconds=pause)
-            raise
-        except BackendError as exc:
-            self._note_error(exc)
+        except BackendError as exc:  # counted here; what it calls for is the caller's
+            self._errors += 1
+            self._last_error = f"{type(exc).__name__}: {exc}"
             raise
         finally:
             _PRIORITY.reset(token)
 
-    def _note_error(self, exc: BaseException) -> None:
-        self.errors += 1
-        self.last_error = f"{type(exc).__name__}: {exc}"
-
     async def _move(self, tracked: Tracked, target: JobState, **changes: Any) -> None:
-        batch_state = await self.store.transition(tracked.job_id, target, **changes)
+        batch_state = await self._store.transition(tracked.job_id, target, **changes)
         tracked.state = target
         if "remote_id" in changes and changes["remote_id"] is not None:
             tracked.remote_id = str(changes["remote_id"])
@@ -737,7 +684,7 @@ class BackendRunner:
         """A batch's settings (shots, name, options never change), read once per batch."""
         batch = self._batches.get(batch_id)
         if batch is None:
-            batch = await self.store.get_batch(batch_id, with_jobs=False)
+            batch = await self._store.get_batch(batch_id, with_jobs=False)
             if len(self._batches) >= 1024:
                 self._batches.pop(next(iter(self._batches)))
             self._batches[batch_id] = batch
@@ -745,7 +692,7 @@ class BackendRunner:
 
     async def _resync(self, tracked: Tracked) -> None:
         """Take the store's word for a job whose in-memory state went stale."""
-        job = await self.store.get_job(tracked.job_id)
+        job = await self._store.get_job(tracked.job_id)
         tracked.state, tracked.remote_id = job.state, job.remote_id
         if job.state.terminal:
             self._jobs.pop(job.id, None)
@@ -754,11 +701,11 @@ class BackendRunner:
         elif job.remote_id is not None:
             self._later(tracked, None)
 
-    def _retry_later(self, tracked: Tracked) -> None:
-        """After a store failure mid-submission, try again once the store may be back."""
+    def _retry_later(self, tracked: Tracked, delay: float) -> None:
+        """After a failure mid-submission, try again once the store may be back."""
 
         async def retry() -> None:
-            await asyncio.sleep(self.config.polling.max_interval)
+            await asyncio.sleep(delay)
             if tracked.state == JobState.QUEUED:
                 self._submit_queue.put_nowait(tracked.job_id)
             elif not tracked.state.terminal:
@@ -781,14 +728,6 @@ class BackendRunner:
         task.add_done_callback(done)
 
 
-def _wall_offset(loop: asyncio.AbstractEventLoop) -> float:
-    """Wall-clock time minus loop time: converts stored due times to loop times."""
-    return time.time() - loop.time()
-
-
-def _wall(delay: float) -> float:
-    return time.time() + delay
-
-
-def _rounded(value: float) -> float | None:
-    return None if value != value else round(value, 4)  # NaN (no polls yet): null
+def _pollable(tracked: Tracked) -> bool:
+    """Whether a job taken from the calendar is still one to poll."""
+    return tracked.remote_id is not None and not tracked.state.terminal

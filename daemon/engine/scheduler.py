@@ -11,9 +11,8 @@ import structlog
 
 from qjobd.backends.base import Backend
 from qjobd.daemon.config import BackendConfig
-from qjobd.daemon.engine.backoff import Backoff
 from qjobd.daemon.engine.notify import BatchChanges
-from qjobd.daemon.engine.runner import BackendRunner
+from qjobd.daemon.engine.runner import BackendRunner, RunnerStats
 from qjobd.store.models import Batch, Job
 from qjobd.store.states import JobState
 from qjobd.store.store import Store
@@ -67,8 +66,12 @@ class Scheduler:
         if pending:
             self._spawn(self.runners[batch.backend].cancel(pending))
 
+    def stats(self) -> dict[str, RunnerStats]:
+        """Each backend's engine, as a snapshot (health, metrics, watchdog, STATUS)."""
+        return {name: runner.stats() for name, runner in self.runners.items()}
+
     def in_flight(self) -> int:
-        return sum(r.in_flight for r in self.runners.values())
+        return sum(s.in_flight for s in self.stats().values())
 
     def next_poll_at(self, job: Job) -> float | None:
         """Wall time of the job's next poll as its engine has it now (None: not tracked)."""
@@ -91,20 +94,14 @@ class Scheduler:
                 problems.append(f"backend {name!r} is no longer configured; it keeps "
                                 "running until the next restart")
                 continue
-            if new.type != runner.config.type:
+            if new.type != runner.stats().type:
                 problems.append(f"backend {name!r} changed type; that needs a restart")
                 continue
             try:
                 # always: a key can change in its credential file with the config unchanged
-                await runner.backend.reconfigure(new.options)
+                await runner.reconfigure(new)
             except Exception as exc:  # a plug-in's bad reload must not stop the daemon
                 problems.append(f"backend {name!r} kept its settings: {exc}")
-                continue
-            if new.requests_per_second != runner.config.requests_per_second:
-                runner.budget.set_rate(new.requests_per_second)
-            if new.polling != runner.config.polling:
-                runner.backoff = Backoff(new.polling)
-            runner.config = new
         problems += [f"backend {name!r} is new; it starts with the next restart"
                      for name in configs if name not in self.runners]
         return problems

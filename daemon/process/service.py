@@ -284,7 +284,8 @@ class _Service:
             for problem in problems:
                 log.warning("not applied by the reload", problem=problem)
             log.info("configuration reloaded", backends=sorted(scheduler.runners),
-                     budgets={n: r.budget.rate for n, r in scheduler.runners.items()})
+                     budgets={n: s.requests_per_second
+                              for n, s in scheduler.stats().items()})
         except Exception:
             log.exception("reload failed; the running configuration stays")
         finally:

@@ -83,35 +83,32 @@ class Progress:
         return None
 
     def _poller_problem(self, now: float) -> str | None:
-        for name, runner in self.scheduler.runners.items():
-            granted = runner.budget.granted
+        for name, stats in self.scheduler.stats().items():
             mark = self._pollers.get(name)
-            if mark is None or mark.value != granted or runner.in_flight == 0 \
-                    or runner.budget.paused_for > 0:
-                self._pollers[name] = _Mark(granted, now)
+            if mark is None or mark.value != stats.granted or stats.in_flight == 0 \
+                    or stats.paused_for > 0:
+                self._pollers[name] = _Mark(stats.granted, now)
                 continue
-            polling = runner.config.polling
-            rate = runner.budget.rate
+            polling, rate = stats.polling, stats.requests_per_second
             limit = max(self.poller_stall_after,
                         2 * polling.max_interval * (1 + polling.jitter),
                         2 / rate if rate > 0 else 0.0)
             stuck_for = now - mark.since
             if stuck_for >= limit:
-                return (f"poller of backend {name!r} stalled: {runner.in_flight} jobs "
+                return (f"poller of backend {name!r} stalled: {stats.in_flight} jobs "
                         f"unfinished, no request sent for {stuck_for:.0f} s")
         return None
 
 
 def status_line(scheduler: Scheduler, where: str) -> str:
     """What the daemon is doing, for ``systemctl status``: jobs in flight, paused backends."""
-    jobs = scheduler.in_flight()
+    stats = scheduler.stats()
+    jobs = sum(s.in_flight for s in stats.values())
     text = f"serving on {where}; {jobs} job{'' if jobs == 1 else 's'} in flight"
-    busy = [f"{name} {runner.in_flight}" for name, runner in sorted(scheduler.runners.items())
-            if runner.in_flight]
-    if busy and len(scheduler.runners) > 1:
+    busy = [f"{name} {s.in_flight}" for name, s in sorted(stats.items()) if s.in_flight]
+    if busy and len(stats) > 1:
         text += f" ({', '.join(busy)})"
-    paused = sorted(name for name, runner in scheduler.runners.items()
-                    if runner.budget.paused_for > 0)
+    paused = sorted(name for name, s in stats.items() if s.paused_for > 0)
     if paused:
         text += f"; paused: {', '.join(paused)}"
     return text

@@ -162,7 +162,7 @@ async def test_status_errors_back_off_and_retry_until_the_job_completes(store: S
         batch = await new_batch(store)
         scheduler.accepted(batch)
         await batch_is(store, batch.id, JobState.COMPLETED)
-        assert scheduler.runners["fake"].errors >= 5
+        assert scheduler.stats()["fake"].errors >= 5
 
 
 async def test_a_429_pauses_the_backend_for_retry_after(store: Store) -> None:
@@ -178,7 +178,7 @@ async def test_a_429_pauses_the_backend_for_retry_after(store: Store) -> None:
         await eventually(lambda: backend.calls[-1][0] > limited_at)
         gap = backend.calls[-1][0] - limited_at
         assert gap >= 0.4 - 0.01, f"a request came {gap:.3f} s into a 0.4 s pause"
-        assert scheduler.runners["fake"].budget.paused_for == 0
+        assert scheduler.stats()["fake"].paused_for == 0
 
 
 async def test_the_request_budget_is_shared_by_all_requests(store: Store) -> None:

@@ -97,7 +97,7 @@ async def test_server_errors_are_retried_until_every_job_completes(fake, tmp_pat
     async with daemon(fake, tmp_path, monkeypatch) as h:
         batch = await h.submit({f"c{i}": BELL3 for i in range(10)})
         done = await h.wait(batch["id"], limit=60)
-        assert h.scheduler.runners["ionq"].errors > 0
+        assert h.scheduler.stats()["ionq"].errors > 0
     assert done["state"] == "completed", [j["error"] for j in done["jobs"]]
     assert fake.duplicate_keys() == {}, "a retried create made a second job"
 

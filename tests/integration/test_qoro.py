@@ -186,7 +186,7 @@ async def test_unknown_statuses_and_server_errors_are_ridden_out_without_a_secon
         batches = [await h.submit(circuits) for _ in range(3)]
         done = [await h.wait(b["id"], limit=40) for b in batches]
         events = [await h.reasons(b["id"]) for b in batches]
-        assert h.scheduler.runners["qoro"].errors > 0
+        assert h.scheduler.stats()["qoro"].errors > 0
     assert [d["state"] for d in done] == ["completed"] * 3, [d["jobs"][0]["error"] for d in done]
     assert all(any("CALIBRATING" in e for e in ev) for ev in events)
     # an interrupted upload may be canceled and made again, but one job per batch ran
@@ -414,7 +414,7 @@ async def test_every_request_of_an_upload_and_of_paged_results_draws_from_the_bu
     async with daemon(fake, tmp_path, monkeypatch, rps=8) as h:
         batch = await h.submit(circuits)
         done = await h.wait(batch["id"])
-        counted = h.scheduler.runners["qoro"].requests
+        counted = h.scheduler.stats()["qoro"].requests
     assert done["state"] == "completed"
     assert len(fake.jobs[done["jobs"][0]["remote_id"]].fragments) == 3
     assert len(fake.requests(route="GET job/{id}/resultsV2/")) == 5

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
+from qjobd.daemon.api import views
 from qjobd.daemon.config import parse_config
 from qjobd.daemon.engine.histogram import Histogram, quantile
 from qjobd.daemon.engine.notify import BatchChanges
-from qjobd.daemon.engine.runner import UNBUDGETED_RESUME_RATE
 from qjobd.daemon.engine.scheduler import Scheduler
 from qjobd.store.models import CircuitRecord, NewBatch
 from qjobd.store.states import JobState
@@ -94,29 +94,14 @@ async def test_the_api_shows_the_engine_s_next_poll_not_the_stored_one(daemon) -
     assert datetime.fromisoformat(ts).timestamp() > time.time() - 0.3
 
 
-async def test_a_restart_without_a_budget_still_spreads_its_overdue_polls(
-        store: Store) -> None:
-    polling = {"initial_interval": 1.0, "backoff_factor": 1.5, "max_interval": 30.0,
-               "jitter": 0.1}
-    runner = _scheduler(store, ScriptedBackend("fake", {}), polling).runners["fake"]
-    per_request = runner.backend.capabilities.max_status_batch
-    # 100,000 overdue jobs at 100 ids a request: 1,000 requests at the assumed pace, capped
-    assert runner._spread_window(100_000) == min(
-        100_000 / per_request / UNBUDGETED_RESUME_RATE, 30.0)
-    assert runner._spread_window(10) == 1.0  # a few jobs: no slower than the first interval
-    budgeted = _scheduler(store, ScriptedBackend("fake", {}), polling, rps=5.0)
-    assert budgeted.runners["fake"]._spread_window(10_000) == 20.0  # 100 requests at 5/s
-
-
 async def test_the_engine_measures_the_scheduling_lag_of_each_poll(store: Store) -> None:
     backend = ScriptedBackend("fake", {"hold": True})
     scheduler = _scheduler(store, backend, POLLING)
     task = asyncio.create_task(scheduler.run())
     try:
         await _held_jobs(store, scheduler, 5)
-        runner = scheduler.runners["fake"]
-        await eventually(lambda: runner.poll_lag.count >= 20)
-        lag = runner.health()["poll_lag"]
+        await eventually(lambda: scheduler.stats()["fake"].poll_lag.count >= 20)
+        lag = views.backend_view(scheduler.stats()["fake"], {})["poll_lag"]
         assert isinstance(lag, dict) and lag["polls"] >= 20
         assert lag["p50"] is not None and 0 <= lag["p50"] <= lag["p99"]
     finally:

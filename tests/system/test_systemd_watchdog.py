@@ -4,6 +4,7 @@ reload of backend settings, fd adoption, and journald priorities."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ import pytest
 import structlog
 
 from qjobd.daemon.config import PollingConfig, parse_config
+from qjobd.daemon.engine.runner import RunnerStats
 from qjobd.daemon.process import logs, systemd
 from qjobd.daemon.process.watchdog import Progress, Supervisor, status_line
 from qjobd.store.store import Store
@@ -155,7 +157,7 @@ class Clock:
 async def test_a_writer_with_queued_writes_and_no_commit_stalls_the_watchdog(tmp_path):
     store = await Store.open(tmp_path / "q.sqlite3")
     clock = Clock()
-    progress = Progress(store, SimpleNamespace(runners={}), writer_stall_after=60,
+    progress = Progress(store, SimpleNamespace(stats=dict), writer_stall_after=60,
                         clock=clock)
     release = threading.Event()
     entered = threading.Event()
@@ -186,12 +188,16 @@ async def test_a_writer_with_queued_writes_and_no_commit_stalls_the_watchdog(tmp
         await store.close()
 
 
-def _runner(in_flight: int = 1, granted: int = 0, paused_for: float = 0.0, rate: float = 0.0,
-            max_interval: float = 30.0) -> SimpleNamespace:
-    return SimpleNamespace(
-        in_flight=in_flight,
-        budget=SimpleNamespace(granted=granted, paused_for=paused_for, rate=rate),
-        config=SimpleNamespace(polling=PollingConfig(max_interval=max_interval, jitter=0.1)))
+def _engine(in_flight: int = 1, granted: int = 0, paused_for: float = 0.0, rate: float = 0.0,
+            max_interval: float = 30.0) -> RunnerStats:
+    return RunnerStats(name="b", type="scripted", in_flight=in_flight, granted=granted,
+                       paused_for=paused_for, requests_per_second=rate,
+                       polling=PollingConfig(max_interval=max_interval, jitter=0.1))
+
+
+def _scheduler_stub(engines: dict[str, RunnerStats]) -> SimpleNamespace:
+    """A scheduler as the watchdog sees it: each engine's stats (changed by the test)."""
+    return SimpleNamespace(stats=lambda: dict(engines))
 
 
 def _store_stub() -> SimpleNamespace:
@@ -201,12 +207,12 @@ def _store_stub() -> SimpleNamespace:
 
 def test_a_poller_with_work_and_no_request_for_too_long_stalls_the_watchdog():
     clock = Clock()
-    runner = _runner()
-    progress = Progress(_store_stub(), SimpleNamespace(runners={"ionq": runner}),
+    engines = {"ionq": _engine()}
+    progress = Progress(_store_stub(), _scheduler_stub(engines),
                         poller_stall_after=120, clock=clock)
     assert progress.problem() is None
     clock.now = 100
-    runner.budget.granted = 5  # requests flow
+    engines["ionq"] = dataclasses.replace(engines["ionq"], granted=5)  # requests flow
     assert progress.problem() is None
     clock.now = 219
     assert progress.problem() is None
@@ -217,11 +223,11 @@ def test_a_poller_with_work_and_no_request_for_too_long_stalls_the_watchdog():
 @pytest.mark.parametrize("why", ["paused", "idle", "slow schedule", "slow budget"])
 def test_a_poller_that_is_meant_to_wait_is_not_stuck(why):
     clock = Clock()
-    runner = {"paused": _runner(paused_for=3600),  # 429 Retry-After or refused credentials
-              "idle": _runner(in_flight=0),
-              "slow schedule": _runner(max_interval=600),  # waits up to 660 s per job
-              "slow budget": _runner(rate=1 / 300)}[why]  # one request per 300 s
-    progress = Progress(_store_stub(), SimpleNamespace(runners={"b": runner}),
+    engine = {"paused": _engine(paused_for=3600),  # 429 Retry-After or refused credentials
+              "idle": _engine(in_flight=0),
+              "slow schedule": _engine(max_interval=600),  # waits up to 660 s per job
+              "slow budget": _engine(rate=1 / 300)}[why]  # one request per 300 s
+    progress = Progress(_store_stub(), _scheduler_stub({"b": engine}),
                         poller_stall_after=120, clock=clock)
     assert progress.problem() is None
     clock.now = 500
@@ -245,7 +251,7 @@ async def test_a_real_poller_whose_requests_hang_is_reported(daemon, monkeypatch
         assert time.monotonic() < deadline, "the stuck poller was not noticed"
         await asyncio.sleep(0.05)
     assert "poller of backend 'held' stalled" in problem
-    assert daemon.scheduler.runners["fake"].in_flight == 0
+    assert daemon.scheduler.stats()["fake"].in_flight == 0
     hang.set()
 
 
@@ -315,7 +321,7 @@ async def test_status_line_says_jobs_in_flight_and_paused_backends(daemon):
     r = await daemon.client.post("/v1/batches", json={"backend": "held",
                                                       "circuits": {"a": BELL2, "b": BELL2}})
     assert r.status_code == 201
-    sched.runners["fake"].budget.pause(60)  # what a 429 with Retry-After: 60 does
+    sched.runners["fake"]._budget.pause(60)  # what a 429 with Retry-After: 60 does
     assert status_line(sched, "s") == "serving on s; 2 jobs in flight (held 2); paused: fake"
 
 
@@ -337,21 +343,21 @@ async def test_reload_changes_budget_polling_and_backend_settings_in_place(daemo
     r = await daemon.client.post("/v1/batches", json={"backend": "held",
                                                       "circuits": {"a": BELL2}})
     batch_id = r.json()["id"]
-    runner = daemon.scheduler.runners["fake"]
-    held = daemon.scheduler.runners["held"]
     for _ in range(1000):
         before = await daemon.store.get_batch(batch_id)
         if before.jobs[0].remote_id is not None:
             break
         await asyncio.sleep(0.01)
-    assert held.in_flight == 1 and before.jobs[0].remote_id is not None
+    assert daemon.scheduler.stats()["held"].in_flight == 1 and before.jobs[0].remote_id is not None
     new = _config(requests_per_second=5, polling={"max_interval": 2.0}, api_key_env="K2")
     problems = await daemon.scheduler.reload(new.backends)
     assert problems == []
-    assert runner.budget.rate == 5
-    assert runner.backoff.policy.max_interval == 2.0
-    assert runner.config is new.backends["fake"]
-    assert runner.health()["requests_per_second"] == 5
+    stats = daemon.scheduler.stats()["fake"]
+    assert stats.requests_per_second == 5
+    assert stats.polling is new.backends["fake"].polling
+    assert stats.polling.max_interval == 2.0
+    health = (await daemon.client.get("/v1/health")).json()
+    assert health["backends"]["fake"]["requests_per_second"] == 5
     assert ("fake", {"api_key_env": "K2"}) in seen and ("held", {"hold": True}) in seen
     # the held job was neither resubmitted nor restarted
     after = await daemon.store.get_batch(batch_id)
@@ -372,7 +378,7 @@ async def test_reload_keeps_old_settings_where_they_cannot_change(daemon, monkey
     assert any("'fake' kept its settings: no API key" in p for p in problems)
     assert any("'held' changed type" in p for p in problems)
     assert any("'extra' is new" in p for p in problems)
-    assert daemon.scheduler.runners["fake"].budget.rate == 0  # unchanged
+    assert daemon.scheduler.stats()["fake"].requests_per_second == 0  # unchanged
     gone = await daemon.scheduler.reload(parse_config({"backends": {
         "fake": {"type": "scripted"}}}).backends)
     assert any("'held' is no longer configured" in p for p in gone)
