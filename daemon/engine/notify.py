@@ -46,10 +46,6 @@ class BatchChanges:
         if self._waiters.get(batch_id) is event:
             del self._waiters[batch_id]
 
-    async def wait(self, batch_id: str, seconds: float) -> bool:
-        """Wait until the batch changes or ``seconds`` pass; True if it changed."""
-        return await self.wait_on(self.watch(batch_id), seconds)
-
     async def wait_on(self, event: asyncio.Event, seconds: float) -> bool:
         """Wait for an event from :meth:`watch`, for at most ``seconds``."""
         if self.closed:
