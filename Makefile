@@ -6,10 +6,13 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: run test test-unit lint clean install
 
-$(STAMP): pyproject.toml
+# the venv, with qjobd and the worked plugin (examples/plugin, docs/plugins.md) installed
+# editable: the suite runs that plugin through its entry point
+$(STAMP): pyproject.toml examples/plugin/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e examples/plugin
 	touch $(STAMP)
 
 ## run: set everything up and run the daemon in the foreground on its embedded defaults

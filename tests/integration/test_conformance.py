@@ -4,7 +4,10 @@ simulator with real Aer workers, and examples/plugin's toy backend on its toy pr
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -18,6 +21,17 @@ from qjobd.testing.fake_qoro import FakeQoro
 
 KEY = "conformance-key-1f2e3d"
 KEY_ENV = "QJOBD_CONFORMANCE_KEY"
+#: the example plugin's own conformance tests, the file a plugin author copies
+EXAMPLE_TESTS = Path(__file__).resolve().parents[2] / "examples/plugin/tests/test_conformance.py"
+
+
+def _example_tests() -> ModuleType:
+    """examples/plugin/tests/test_conformance.py (the plugin must be installed: `make`)."""
+    spec = importlib.util.spec_from_file_location("qjobd_example_plugin_tests", EXAMPLE_TESTS)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class IonQSubject(Subject):
@@ -118,3 +132,7 @@ class TestEveryBackend(BackendConformance):
             fake.reset()
             return QoroSubject(fake)
         return LocalSubject()
+
+
+#: the suite against the example plugin, through the example's own test class
+TestExamplePlugin = _example_tests().TestToyBackend
