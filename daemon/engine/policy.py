@@ -5,9 +5,10 @@ job, comes here as a :class:`Step` (what the engine was doing) and the error (if
 :meth:`RetryPolicy.decide` answers with a :class:`Decision`: an :class:`Action`, how long
 to wait first, how long to pause the whole backend, the job's error text, and what to
 log. The runner does what it says and decides nothing itself, so a change to what is
-retried, after how long or how often, is a change to this module alone.
+retried, after how long or how often, is a change to this module alone: most often to
+one row of :data:`RULES`.
 
-The rules, in short (``decide`` has the whole table):
+The rules, in short:
 
 - ``Unavailable`` (5xx, timeout, network): retry later. A status poll polls again on
   the job's backoff; a result fetch likewise; a create's outcome is unknown, so the job
@@ -25,6 +26,8 @@ The rules, in short (``decide`` has the whole table):
   (``IllegalTransition``): the store's word is taken.
 - Anything else (a bug): logged with its traceback, and treated like a store error, so
   one job's surprise never stops the engine for the others.
+- An error no rule names for its step is not that step's to handle: it goes on to the
+  step that called (``Action.RAISE``).
 """
 
 from __future__ import annotations
@@ -32,12 +35,14 @@ from __future__ import annotations
 import dataclasses
 import enum
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from qjobd.backends.base import Capabilities
 from qjobd.backends.errors import (
     AuthError,
     BackendError,
+    ProtocolError,
     RateLimited,
     Rejected,
     Unavailable,
@@ -135,17 +140,94 @@ class Decision:
     level: str = "warning"
 
 
+class Wait(enum.Enum):
+    """How long a rule waits before its action, in the backend's polling settings."""
+
+    #: act at once
+    NONE = "none"
+    #: the schedule's first interval (``initial_interval``, jittered)
+    FIRST = "first"
+    #: the step's previous wait grown by ``backoff_factor`` (the first, the first time)
+    BACKOFF = "backoff"
+    #: ``max_interval``: long enough for a store or a provider to come back
+    MAX = "max"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One row of the table: ``step`` met an error of type ``error`` (or a subclass)."""
+
+    step: Step
+    error: type[BaseException]
+    action: Action
+    wait: Wait = Wait.NONE
+    #: seconds the whole backend pauses
+    pause: float = 0.0
+    #: the job's error (FAIL) or the reason recorded (REQUEUE); ``{error}`` and
+    #: ``{backend}`` are filled in
+    text: str | None = None
+    #: what is logged, at ``level`` ("exception" adds the traceback)
+    say: str | None = None
+    level: str = "warning"
+
+
+#: what each step does about each error: the first row whose step and error type match
+#: decides. A step meeting an error no row names lets it go on to its caller (RAISE).
+RULES: tuple[Rule, ...] = (
+    # -- submitting ------------------------------------------------------------------
+    Rule(Step.PREPARE, QasmError, Action.FAIL, text="{error}"),
+    Rule(Step.CREATE, Rejected, Action.FAIL, text="rejected by {backend}: {error}"),
+    # refused before anything was created: wait for new credentials (SIGHUP)
+    Rule(Step.CREATE, AuthError, Action.REQUEUE, pause=AUTH_PAUSE, text="{error}",
+         say="credentials refused; pausing backend", level="error"),
+    # the job may or may not exist remotely now: find out before any resubmission
+    Rule(Step.CREATE, BackendError, Action.RECONCILE, Wait.FIRST,
+         say="submission outcome unknown; will reconcile"),
+    Rule(Step.SUBMIT, IllegalTransition, Action.RESYNC,
+         say="job changed under the submitter", level="error"),
+    Rule(Step.SUBMIT, StoreError, Action.RETRY_LATER, Wait.MAX,
+         say="submission could not be recorded", level="error"),
+    # never let one job's surprise stop the submitter for everyone else
+    Rule(Step.SUBMIT, Exception, Action.RETRY_LATER, Wait.MAX,
+         say="submission failed unexpectedly", level="exception"),
+    # until a settling request answers nothing is safe: retried through outages
+    Rule(Step.SETTLE, Unavailable, Action.RETRY, Wait.BACKOFF,
+         say="settling request failed; retrying"),
+    # -- polling ---------------------------------------------------------------------
+    Rule(Step.POLL, BackendError, Action.POLL_AGAIN, say="status poll failed"),
+    # a bug, or an answer nothing foresaw: polled again too
+    Rule(Step.POLL, Exception, Action.POLL_AGAIN, say="status poll failed unexpectedly",
+         level="exception"),
+    Rule(Step.RECORD, IllegalTransition, Action.RESYNC, say="job changed under the poller",
+         level="error"),
+    Rule(Step.RECORD, StoreError, Action.POLL_AGAIN, say="could not record a poll",
+         level="error"),
+    Rule(Step.RECORD, Exception, Action.POLL_AGAIN,
+         say="could not handle a poll; will poll again", level="exception"),
+    Rule(Step.RESULTS, Unavailable, Action.POLL_AGAIN, say="result fetch failed; retrying"),
+    Rule(Step.RESULTS, ProtocolError, Action.FAIL, text="results could not be read: {error}"),
+    Rule(Step.RESULTS, BackendError, Action.FAIL, text="results could not be read: {error}"),
+    # -- canceling, and the stored schedule --------------------------------------------
+    Rule(Step.CANCEL, BackendError, Action.CARRY_ON,
+         say="remote cancel failed; ending the jobs anyway"),
+    Rule(Step.CONFIRM, BackendError, Action.CARRY_ON),
+    # only the stored schedule is stale (a restart would poll these a little early)
+    Rule(Step.SCHEDULE, StoreError, Action.REWRITE, say="could not store poll schedule"),
+)
+
+
 class RetryPolicy:
     """What to do about each failure of one backend's engine.
 
     ``name`` is the backend's, for the errors it writes; delays follow ``polling``
-    (jittered by ``rng``).
+    (jittered by ``rng``); ``rules`` is the table (:data:`RULES` unless given).
     """
 
-    def __init__(self, name: str, polling: PollingConfig,
-                 rng: random.Random | None = None) -> None:
+    def __init__(self, name: str, polling: PollingConfig, rng: random.Random | None = None,
+                 *, rules: Sequence[Rule] = RULES) -> None:
         self.name = name
         self.polling = polling
+        self.rules = tuple(rules)
         self._backoff = Backoff(polling, rng)
 
     def decide(self, step: Step, error: BaseException | None = None, *,
@@ -162,82 +244,38 @@ class RetryPolicy:
             return self._unknown(caps)
         if step is Step.RECOVER:
             return self._recover(caps, uploading)
-        decision = self._decide(step, error, previous)
-        if isinstance(error, RateLimited) and decision.action is not Action.RAISE:
+        rule = next((r for r in self.rules if r.step is step and isinstance(error, r.error)),
+                    None)
+        if rule is None:
+            return Decision(Action.RAISE)
+        decision = Decision(
+            rule.action, delay=self._wait(rule.wait, previous), pause=rule.pause,
+            error=None if rule.text is None else rule.text.format(error=error,
+                                                                  backend=self.name),
+            say=rule.say, level=rule.level)
+        if isinstance(error, RateLimited):
+            # a 429 pauses the whole backend, whatever the step does about it
             pause = error.retry_after if error.retry_after is not None \
                 else self._backoff.first()
             decision = dataclasses.replace(
-                decision, pause=pause, say=_joined("rate limited; pausing backend",
-                                                    decision.say))
+                decision, pause=max(pause, decision.pause),
+                say=_joined("rate limited; pausing backend", decision.say))
         return decision
 
-    def _decide(self, step: Step, error: BaseException | None,
-                previous: float | None) -> Decision:
-        first = self._backoff.first
-        match step, error:
-            case Step.PREPARE, QasmError():
-                return Decision(Action.FAIL, error=str(error), say=None)
-            case Step.CREATE, Rejected():
-                return Decision(Action.FAIL, error=f"rejected by {self.name}: {error}",
-                                say=None)
-            case Step.CREATE, AuthError():
-                # refused before anything was created: wait for new credentials (SIGHUP)
-                return Decision(Action.REQUEUE, pause=AUTH_PAUSE, error=str(error),
-                                say="credentials refused; pausing backend", level="error")
-            case Step.CREATE, BackendError():
-                # the job may or may not exist remotely now: find out before resubmitting
-                return Decision(Action.RECONCILE, delay=first(),
-                                say="submission outcome unknown; will reconcile")
-            case Step.SUBMIT, IllegalTransition():
-                return Decision(Action.RESYNC, say="job changed under the submitter",
-                                level="error")
-            case Step.SUBMIT, StoreError():
-                return Decision(Action.RETRY_LATER, delay=self.polling.max_interval,
-                                say="submission could not be recorded", level="error")
-            case Step.SUBMIT, Exception():
-                # never let one job's surprise stop the submitter for everyone else
-                return Decision(Action.RETRY_LATER, delay=self.polling.max_interval,
-                                say="submission failed unexpectedly", level="exception")
-            case Step.SETTLE, Unavailable():
-                # until a settling request answers, nothing is safe: retry through outages
-                return Decision(Action.RETRY, delay=self._backoff.next(previous),
-                                say="settling request failed; retrying")
-            case Step.POLL, BackendError():
-                return Decision(Action.POLL_AGAIN, say="status poll failed")
-            case Step.POLL, Exception():
-                # a bug, or an answer nothing foresaw: polled again too
-                return Decision(Action.POLL_AGAIN, say="status poll failed unexpectedly",
-                                level="exception")
-            case Step.RECORD, IllegalTransition():
-                return Decision(Action.RESYNC, say="job changed under the poller",
-                                level="error")
-            case Step.RECORD, StoreError():
-                return Decision(Action.POLL_AGAIN, say="could not record a poll",
-                                level="error")
-            case Step.RECORD, Exception():
-                return Decision(Action.POLL_AGAIN,
-                                say="could not handle a poll; will poll again",
-                                level="exception")
-            case Step.RESULTS, Unavailable():
-                return Decision(Action.POLL_AGAIN, say="result fetch failed; retrying")
-            case Step.RESULTS, BackendError():
-                return Decision(Action.FAIL, error=f"results could not be read: {error}",
-                                say=None)
-            case Step.CANCEL, BackendError():
-                return Decision(Action.CARRY_ON,
-                                say="remote cancel failed; ending the jobs anyway")
-            case Step.CONFIRM, BackendError():
-                return Decision(Action.CARRY_ON, say=None)
-            case Step.SCHEDULE, StoreError():
-                # only the stored schedule is stale: a restart would poll these a little
-                # early; their next poll writes it again
-                return Decision(Action.REWRITE, say="could not store poll schedule")
-        return Decision(Action.RAISE, say=None)
+    def _wait(self, wait: Wait, previous: float | None) -> float:
+        match wait:
+            case Wait.FIRST:
+                return self._backoff.first()
+            case Wait.BACKOFF:
+                return self._backoff.next(previous)
+            case Wait.MAX:
+                return self.polling.max_interval
+        return 0.0
 
     def _unknown(self, caps: Capabilities) -> Decision:
         if not caps.durable:
             # the simulator's work died with its process: settle it as after a restart
-            return Decision(Action.RECOVER, say=None)
+            return Decision(Action.RECOVER)
         return Decision(Action.POLL_AGAIN,
                         say="the provider does not know this job; still polling")
 

@@ -23,7 +23,15 @@ from qjobd.backends.errors import (
 from qjobd.backends.qasm import QasmError
 from qjobd.daemon.config import PollingConfig
 from qjobd.daemon.engine import policy as policy_module
-from qjobd.daemon.engine.policy import AUTH_PAUSE, Action, Decision, RetryPolicy, Step
+from qjobd.daemon.engine.policy import (
+    AUTH_PAUSE,
+    RULES,
+    Action,
+    Decision,
+    RetryPolicy,
+    Rule,
+    Step,
+)
 from qjobd.store.errors import DiskFull, StoreError
 from qjobd.store.states import IllegalTransition, JobState
 
@@ -232,6 +240,35 @@ def test_delays_follow_the_polling_settings_it_was_given():
     slow = policy(PollingConfig(initial_interval=4.0, max_interval=120.0, jitter=0.0))
     assert slow.decide(Step.CREATE, Unavailable()).delay == 4.0
     assert slow.decide(Step.SUBMIT, StoreError()).delay == 120.0
+
+
+def test_the_table_is_data_a_changed_row_changes_what_is_retried():
+    # e.g. unreadable results fetched again instead of failing the job: one row
+    row = next(r for r in RULES if (r.step, r.error) == (Step.RESULTS, ProtocolError))
+    retried = [dataclasses.replace(row, action=Action.POLL_AGAIN, text=None)
+               if r is row else r for r in RULES]
+    p = RetryPolicy("ionq", POLLING, rules=retried)
+    assert p.decide(Step.RESULTS, ProtocolError("garbled")).action is Action.POLL_AGAIN
+    assert p.decide(Step.RESULTS, BackendError("odd")).action is Action.FAIL  # the rest stay
+
+
+def test_the_first_matching_row_decides_and_an_unnamed_error_is_raised():
+    rules = [Rule(Step.POLL, Unavailable, Action.CARRY_ON),
+             Rule(Step.POLL, BackendError, Action.POLL_AGAIN)]
+    p = RetryPolicy("b", POLLING, rules=rules)
+    assert p.decide(Step.POLL, RateLimited("429")).action is Action.CARRY_ON
+    assert p.decide(Step.POLL, Rejected()).action is Action.POLL_AGAIN
+    assert p.decide(Step.POLL, StoreError()).action is Action.RAISE
+
+
+def test_every_row_can_be_carried_out_at_its_step():
+    """The runner carries out these actions at these steps (the rest are its callers')."""
+    job_actions = {Action.POLL_AGAIN, Action.FAIL, Action.REQUEUE, Action.RESYNC,
+                   Action.RECOVER, Action.RECONCILE, Action.RETRY_LATER, Action.CARRY_ON}
+    allowed = {Step.SETTLE: {Action.RETRY}, Step.CANCEL: {Action.CARRY_ON},
+               Step.CONFIRM: {Action.CARRY_ON}, Step.SCHEDULE: {Action.REWRITE}}
+    for rule in RULES:
+        assert rule.action in allowed.get(rule.step, job_actions), rule
 
 
 def test_the_runner_names_no_error_type_what_it_retries_is_decided_in_policy_py():
