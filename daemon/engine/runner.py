@@ -99,7 +99,7 @@ class RunnerStats:
     requests: int = 0
     errors: int = 0
     last_error: str | None = None
-    #: the request budget (0: unlimited), and what it did so far
+    #: the request budget (0: unlimited)
     requests_per_second: float = 0.0
     #: seconds left of a pause (429 Retry-After, refused credentials); 0 if none
     paused_for: float = 0.0
