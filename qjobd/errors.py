@@ -29,11 +29,13 @@ report, and nothing else::
     ├── SocketInUse            qjobd.daemon.api.server: another qjobd serves there
     ├── ActivationError        qjobd.daemon.process.systemd: unusable inherited sockets
     ├── CoreTaskFailed         qjobd.daemon.process.service: a core task ended
-    └── ClientError            qjobd.daemon.client (qjobd.client): talking to qjobd failed
+    └── ClientError            qjobd.daemon.client (qjobd.client): a client call failed
         ├── ApiError           the daemon answered with an error
         ├── DaemonUnreachable  no daemon on the socket
         │   └── DaemonTimeout  the daemon did not answer in time
         ├── SocketConfigError  the config file naming the socket is missing or invalid
+        ├── BatchFailed        wait(): the batch ended failed, canceled or timed_out
+        ├── BatchTimeout       wait(): its timeout passed before the batch ended
         └── UsageError         qjobctl: bad local input, nothing sent
             └── ArgumentsRejected  qjobctl: a command line argparse refused
 """
