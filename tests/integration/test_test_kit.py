@@ -10,7 +10,7 @@ import qjobd.testing
 
 WALK = """
 import importlib, pkgutil, sys
-import qjobd, qjobd.errors
+import qjobd, qjobd.client, qjobd.errors
 for pkg in ("qjobd.daemon", "qjobd.backends", "qjobd.store"):
     module = importlib.import_module(pkg)
     for info in pkgutil.walk_packages(getattr(module, "__path__", []), pkg + "."):
