@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,20 @@ class DaemonConfig:
     socket_mode: int = 0o660
     #: largest accepted request body, bytes
     max_request_bytes: int = 64 * 1024 * 1024
+    #: deepest nesting of arrays and objects in a request body (a submission needs 2,
+    #: plus whatever a backend's options nest)
+    max_json_depth: int = 64
+    #: most circuits in one batch (a backend may take fewer)
+    max_circuits: int = 10_000
+    #: longest circuit label, in characters
+    max_label_length: int = 200
+    #: a regular expression each label must match whole; "" takes any printable text
+    label_pattern: str = ""
+    #: most tags on a batch, and the longest tag key or value, in characters
+    max_tags: int = 64
+    max_tag_length: int = 500
+    #: longest batch name, in characters
+    max_name_length: int = 500
     log_level: str = "info"
     #: finished batches older than this many days are deleted; 0 keeps everything
     retention_days: float = 0.0
@@ -148,7 +163,8 @@ def parse_config(raw: Mapping[str, Any], *, source: str = "built-in defaults") -
     _only_keys(raw, {"daemon", "polling", "backends"}, where, "top level")
     d = _table(raw, "daemon", where)
     _only_keys(d, {"socket", "database", "socket_mode", "max_request_bytes", "log_level",
-                   "retention_days", "retention_interval"}, where, "[daemon]")
+                   "retention_days", "retention_interval", *_LIMITS, "label_pattern"},
+               where, "[daemon]")
     socket = os.environ.get("QJOBD_SOCKET") or _str(d, "socket", where, "[daemon]")
     database = os.environ.get("QJOBD_DATABASE") or _str(d, "database", where, "[daemon]")
     mode_text = _str(d, "socket_mode", where, "[daemon]") or "0660"
@@ -163,6 +179,13 @@ def parse_config(raw: Mapping[str, Any], *, source: str = "built-in defaults") -
     if max_bytes != int(max_bytes) or not 1024 <= max_bytes <= 2**40:
         raise ConfigError(f"{where}: [daemon] max_request_bytes: must be a whole number of "
                           f"bytes from 1024, got {max_bytes!r}")
+    limits = {key: _whole(d, key, where, low, high) for key, (low, high) in _LIMITS.items()}
+    label_pattern = _str(d, "label_pattern", where, "[daemon]") or ""
+    try:
+        re.compile(label_pattern)
+    except re.error as exc:
+        raise ConfigError(f"{where}: [daemon] label_pattern: not a regular expression: "
+                          f"{exc}") from None
     log_level = _str(d, "log_level", where, "[daemon]") or "info"
     if log_level not in {"debug", "info", "warning", "error"}:
         raise ConfigError(f"{where}: [daemon] log_level: {log_level!r} is not one of "
@@ -180,6 +203,8 @@ def parse_config(raw: Mapping[str, Any], *, source: str = "built-in defaults") -
         database=Path(database) if database else default_database_path(),
         socket_mode=mode,
         max_request_bytes=int(max_bytes),
+        label_pattern=label_pattern,
+        **limits,
         log_level=log_level,
         retention_days=float(retention_days),
         retention_interval=float(retention_interval),
@@ -207,6 +232,27 @@ def parse_config(raw: Mapping[str, Any], *, source: str = "built-in defaults") -
         backends[name] = BackendConfig(name=name, type=btype, requests_per_second=float(rps),
                                        polling=own_polling, options=options)
     return Config(daemon=daemon, polling=polling, backends=backends, source=source)
+
+
+#: [daemon]'s request limits (README "Limits"): the lowest and highest value each takes
+_LIMITS: dict[str, tuple[int, int]] = {
+    # json.loads recurses once per level; the scan before it keeps it under this
+    "max_json_depth": (2, 512),
+    "max_circuits": (1, 10_000_000),
+    "max_label_length": (1, 100_000),
+    "max_tags": (0, 100_000),
+    "max_tag_length": (1, 1_000_000),
+    "max_name_length": (1, 1_000_000),
+}
+
+
+def _whole(d: Mapping[str, Any], key: str, where: str, low: int, high: int) -> int:
+    default = next(f.default for f in fields(DaemonConfig) if f.name == key)
+    value = _num(d, key, where, "[daemon]", default)
+    if value != int(value) or not low <= value <= high:
+        raise ConfigError(f"{where}: [daemon] {key}: must be a whole number from {low} to "
+                          f"{high}, got {value!r}")
+    return int(value)
 
 
 def _polling(t: Mapping[str, Any], base: PollingConfig, where: str, ctx: str) -> PollingConfig:

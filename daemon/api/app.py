@@ -6,6 +6,7 @@ status, and a rejected request stores nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -17,13 +18,15 @@ import anyio
 import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import qjobd
 from qjobd.backends.base import Backend
-from qjobd.daemon.api import metrics, validation, views
+from qjobd.daemon.api import metrics, openapi, validation, views
 from qjobd.daemon.api.peer import Peer
 from qjobd.daemon.config import Config
 from qjobd.daemon.engine.notify import BatchChanges
@@ -39,6 +42,11 @@ log = structlog.get_logger("qjobd.api")
 VERSION = qjobd.__version__
 #: the longest a single /wait request holds the connection
 MAX_WAIT = 300.0
+#: the media type of GET /v1/events
+NDJSON = "application/x-ndjson"
+#: a yes/no query parameter's spellings (any case)
+_FLAGS = {"": False, "0": False, "1": True, "false": False, "true": True, "no": False,
+          "yes": True}
 
 
 @dataclass
@@ -78,12 +86,13 @@ def create_app(ctx: Context) -> Starlette:
         Route("/v1/events", api.events, methods=["GET"]),
         Route("/v1/health", api.health, methods=["GET"]),
         Route("/metrics", api.metrics, methods=["GET"]),
+        Route("/v1/openapi.json", api.openapi, methods=["GET"]),
     ]
-    # store errors get their own handler: the catch-all for Exception answers, then
-    # re-raises (Starlette's ServerErrorMiddleware), which would log a 507 as a crash
-    return Starlette(routes=routes, exception_handlers={
-        ErrorAnswer: _api_error, HTTPException: _http_error, StoreUnavailable: _store_error,
-        Exception: _internal_error})
+    # no handler for Exception: Starlette hands that one to ServerErrorMiddleware, which
+    # answers and then re-raises to uvicorn, and uvicorn drops the connection; _LastResort
+    # answers instead, inside it
+    return Starlette(routes=routes, middleware=[Middleware(_LastResort)], exception_handlers={
+        ErrorAnswer: _api_error, HTTPException: _http_error, StoreUnavailable: _store_error})
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -106,9 +115,52 @@ async def _store_error(request: Request, exc: Exception) -> Response:
     return error_response(503, "store_unavailable", f"the store is unavailable: {exc}")
 
 
-async def _internal_error(request: Request, exc: Exception) -> Response:
-    log.exception("internal error", path=request.url.path)
-    return error_response(500, "internal", "internal error; see the daemon's log")
+class _LastResort:
+    """Any exception no handler took: logged with its traceback and answered 500 in the
+    API's error shape, the connection kept (an exception that reaches uvicorn makes it
+    answer in plain text, or close the connection if the answer had begun).
+
+    An answer already begun cannot change its status: a streamed NDJSON answer ends with
+    an ``{"error": ...}`` line, any other simply ends.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = ended = streaming = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started, ended, streaming
+            if message["type"] == "http.response.start":
+                started = True
+                streaming = any(k.lower() == b"content-type" and v.startswith(NDJSON.encode())
+                                for k, v in message.get("headers", ()))
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                ended = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:
+            log.exception("internal error", path=scope.get("path"), method=scope.get("method"))
+            if ended:
+                return
+            answer = {"error": {"code": "internal", "message": "internal error; see the "
+                                "daemon's log", "details": None}}
+            body = json.dumps(answer).encode()
+            with contextlib.suppress(Exception):  # the client may be gone
+                if not started:
+                    await send({"type": "http.response.start", "status": 500, "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode())]})
+                    await send({"type": "http.response.body", "body": body})
+                else:
+                    await send({"type": "http.response.body",
+                                "body": body + b"\n" if streaming else b""})
 
 
 class _Api:
@@ -124,8 +176,10 @@ class _Api:
         if key is not None and not 1 <= len(key) <= 200:
             raise ErrorAnswer(400, "invalid_request", "Idempotency-Key must be 1 to 200 characters")
         try:
-            body = validation.parse_body(raw)
-            fields = validation.check_submission(body, self.ctx.backends)
+            limits = self.ctx.config.daemon
+            # a scan and a parse of up to max_request_bytes: off the event loop
+            body = await anyio.to_thread.run_sync(validation.parse_body, raw, limits)
+            fields = validation.check_submission(body, self.ctx.backends, limits)
             backend = self.ctx.backends[fields["backend"]]
             # parsing is CPU-bound: keep the event loop free for everyone else
             records = await anyio.to_thread.run_sync(
@@ -216,7 +270,12 @@ class _Api:
         """
         peer = _peer(request)
         since = _int_param(request.query_params.get("since"), "since", 0, 0, 2**63)
-        follow = request.query_params.get("follow", "").lower() in ("1", "true", "yes")
+        follow_text = request.query_params.get("follow", "")
+        if follow_text.lower() not in _FLAGS:
+            raise ErrorAnswer(400, "invalid_request", f"'follow' must be one of "
+                              f"{', '.join(sorted(set(_FLAGS) - {''}))}, got {follow_text!r}",
+                              {"field": "follow"})
+        follow = _FLAGS[follow_text.lower()]
         store, changes = self.ctx.store, self.ctx.changes
         owners: dict[str, int] = {}
 
@@ -243,7 +302,7 @@ class _Api:
                     return
                 await changes.wait_any(15.0)
 
-        return StreamingResponse(stream(), media_type="application/x-ndjson")
+        return StreamingResponse(stream(), media_type=NDJSON)
 
     # -- daemon ----------------------------------------------------------------------
 
@@ -269,6 +328,10 @@ class _Api:
         """Prometheus text format (daemon/metrics.py)."""
         body = await metrics.exposition(self.ctx, version=VERSION)
         return Response(body, media_type=metrics.CONTENT_TYPE)
+
+    async def openapi(self, request: Request) -> Response:
+        """This API described as OpenAPI 3.1 (docs/openapi.json: the built-in limits)."""
+        return JSONResponse(openapi.document(self.ctx.config.daemon))
 
     def _view(self, batch: Batch) -> dict[str, Any]:
         # a job's next poll as the engine has it (the store's may be older: runner._later)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import struct
 from dataclasses import dataclass
 from typing import Any
 
+import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 
@@ -49,3 +51,15 @@ class PeerCredProtocol(H11Protocol):
         peer = peer_of(sock) if sock is not None else None
         # a copy per connection: the shared app_state dict must not carry one peer to another
         self.app_state = {**self.app_state, "peer": peer}
+
+    def send_400_response(self, msg: str) -> None:
+        """A request uvicorn cannot parse, answered in the API's error shape (uvicorn's own
+        answer is plain text); the connection closes, as the stream is beyond repair."""
+        body = json.dumps({"error": {"code": "bad_http", "message": msg,
+                                     "details": None}}).encode()
+        headers = [(b"content-type", b"application/json"), (b"connection", b"close"),
+                   (b"content-length", str(len(body)).encode())]
+        for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+                      h11.Data(data=body), h11.EndOfMessage()):
+            self.transport.write(self.conn.send(event))
+        self.transport.close()

@@ -5,18 +5,20 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from qjobd.backends import qasm
 from qjobd.backends.base import Backend, Grouping
+from qjobd.daemon.api import jsonbody
+from qjobd.daemon.config import DaemonConfig
 from qjobd.errors import QjobdError
 from qjobd.store.models import CircuitRecord, NewBatch
 
-MAX_LABEL = 200
-MAX_NAME = 500
-MAX_TAGS = 64
-MAX_TAG_TEXT = 500
+#: the request limits of a daemon configured with none ([daemon] max_*, label_pattern)
+DEFAULT_LIMITS = DaemonConfig(socket=Path(), database=Path())
 _FIELDS = {"backend", "circuits", "shots", "name", "tags", "timeout", "options"}
 
 
@@ -46,17 +48,19 @@ class InvalidCircuits(QjobdError):
         super().__init__(self.message)
 
 
-def parse_body(raw: bytes) -> dict[str, Any]:
+def parse_body(raw: bytes, limits: DaemonConfig = DEFAULT_LIMITS) -> dict[str, Any]:
+    """The body as a JSON object: UTF-8, nested at most ``max_json_depth``, no key twice."""
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidRequest(f"the body is not valid JSON: {exc}", code="malformed_json") from None
+        body = jsonbody.loads(raw, max_depth=limits.max_json_depth)
+    except jsonbody.BodyError as exc:
+        raise InvalidRequest(exc.message, exc.details, code=exc.code) from None
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a JSON object", code="malformed_json")
     return body
 
 
-def check_submission(body: Mapping[str, Any], backends: Mapping[str, Backend]) -> dict[str, Any]:
+def check_submission(body: Mapping[str, Any], backends: Mapping[str, Backend],
+                     limits: DaemonConfig = DEFAULT_LIMITS) -> dict[str, Any]:
     """Check everything but the circuits' QASM; return the normalised fields."""
     unknown = sorted(set(body) - _FIELDS)
     if unknown:
@@ -79,14 +83,19 @@ def check_submission(body: Mapping[str, Any], backends: Mapping[str, Backend]) -
     if not circuits:
         raise InvalidRequest("'circuits' is empty: a batch needs at least one circuit",
                              {"field": "circuits"}, code="empty_batch")
+    if len(circuits) > limits.max_circuits:
+        raise InvalidRequest(f"too many circuits: {len(circuits)}; a batch takes at most "
+                             f"{limits.max_circuits} ([daemon] max_circuits)",
+                             {"field": "circuits", "limit": limits.max_circuits,
+                              "setting": "max_circuits"}, code="too_many_circuits")
     if len(circuits) > caps.max_circuits_per_batch:
-        raise InvalidRequest(f"too many circuits: {len(circuits)} > "
-                             f"{caps.max_circuits_per_batch} for backend {name!r}",
-                             {"field": "circuits", "limit": caps.max_circuits_per_batch})
+        raise InvalidRequest(f"too many circuits: {len(circuits)}; backend {name!r} takes at "
+                             f"most {caps.max_circuits_per_batch} in a batch",
+                             {"field": "circuits", "limit": caps.max_circuits_per_batch},
+                             code="too_many_circuits")
+    pattern = re.compile(limits.label_pattern) if limits.label_pattern else None
     for label, source in circuits.items():
-        if not label or len(label) > MAX_LABEL or not label.isprintable():
-            raise InvalidRequest(f"circuit label {label!r} must be 1 to {MAX_LABEL} printable "
-                                 "characters", {"field": "circuits", "label": label})
+        _check_label(label, limits, pattern)
         if not isinstance(source, str):
             raise InvalidRequest(f"circuit {label!r}: the source must be a string of OpenQASM, "
                                  f"not {type(source).__name__}", {"field": "circuits",
@@ -100,21 +109,24 @@ def check_submission(body: Mapping[str, Any], backends: Mapping[str, Backend]) -
                                                         "max": caps.max_shots},
                              code="out_of_range")
     batch_name = body.get("name")
-    if batch_name is not None and (not isinstance(batch_name, str) or len(batch_name) > MAX_NAME):
-        raise InvalidRequest(f"'name' must be a string of at most {MAX_NAME} characters",
+    if batch_name is not None and not isinstance(batch_name, str):
+        raise InvalidRequest(f"'name' must be a string, not {type(batch_name).__name__}",
                              {"field": "name"})
-    tags = body.get("tags") or {}
-    if not isinstance(tags, dict) or len(tags) > MAX_TAGS or not all(
-            isinstance(k, str) and isinstance(v, str) and len(k) <= MAX_TAG_TEXT
-            and len(v) <= MAX_TAG_TEXT for k, v in tags.items()):
-        raise InvalidRequest(f"'tags' must be an object of at most {MAX_TAGS} string -> string "
-                             "pairs", {"field": "tags"})
+    if batch_name is not None and len(batch_name) > limits.max_name_length:
+        raise InvalidRequest(f"'name' is {len(batch_name)} characters; the limit is "
+                             f"{limits.max_name_length} ([daemon] max_name_length)",
+                             {"field": "name", "limit": limits.max_name_length,
+                              "setting": "max_name_length"}, code="too_long")
+    tags = body.get("tags")
+    tags = {} if tags is None else tags
+    _check_tags(tags, limits)
     timeout = body.get("timeout")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)
                                 or not math.isfinite(timeout) or timeout <= 0):
         raise InvalidRequest(f"'timeout' must be a positive number of seconds, got {timeout!r}",
                              {"field": "timeout"})
-    options = body.get("options") or {}
+    options = body.get("options")
+    options = {} if options is None else options
     if not isinstance(options, dict):
         raise InvalidRequest("'options' must be an object", {"field": "options"})
     try:
@@ -125,6 +137,50 @@ def check_submission(body: Mapping[str, Any], backends: Mapping[str, Backend]) -
     return {"backend": name, "circuits": circuits, "shots": shots, "name": batch_name,
             "tags": tags, "timeout": float(timeout) if timeout is not None else None,
             "options": options}
+
+
+def _check_label(label: str, limits: DaemonConfig, pattern: re.Pattern[str] | None) -> None:
+    shown = label if len(label) <= 100 else label[:100] + "..."
+    where = {"field": "circuits", "label": shown}
+    if not 1 <= len(label) <= limits.max_label_length:
+        raise InvalidRequest(f"circuit label {shown!r} is {len(label)} characters; a label is 1 "
+                             f"to {limits.max_label_length} ([daemon] max_label_length)",
+                             {**where, "limit": limits.max_label_length,
+                              "setting": "max_label_length"}, code="invalid_label")
+    if not label.isprintable():
+        at = next(i for i, ch in enumerate(label) if not ch.isprintable())
+        raise InvalidRequest(f"circuit label {shown!r}: character {at} ({label[at]!r}) is not "
+                             "printable; a label is printable text (no control, line-break or "
+                             "format characters)", {**where, "position": at},
+                             code="invalid_label")
+    if pattern is not None and not pattern.fullmatch(label):
+        raise InvalidRequest(f"circuit label {shown!r} does not match [daemon] label_pattern "
+                             f"{pattern.pattern!r}", {**where, "pattern": pattern.pattern,
+                                                      "setting": "label_pattern"},
+                             code="invalid_label")
+
+
+def _check_tags(tags: Any, limits: DaemonConfig) -> None:
+    if not isinstance(tags, dict):
+        raise InvalidRequest("'tags' must be an object of string -> string pairs",
+                             {"field": "tags"})
+    if len(tags) > limits.max_tags:
+        raise InvalidRequest(f"too many tags: {len(tags)}; a batch takes at most "
+                             f"{limits.max_tags} ([daemon] max_tags)",
+                             {"field": "tags", "limit": limits.max_tags, "setting": "max_tags"},
+                             code="too_many_tags")
+    for key, value in tags.items():
+        shown = key if len(key) <= 100 else key[:100] + "..."
+        if not isinstance(value, str):
+            raise InvalidRequest(f"tag {shown!r}: the value must be a string, not "
+                                 f"{type(value).__name__}", {"field": "tags", "tag": shown})
+        longest = max(len(key), len(value))
+        if longest > limits.max_tag_length:
+            raise InvalidRequest(f"tag {shown!r}: {'key' if len(key) == longest else 'value'} is "
+                                 f"{longest} characters; the limit is {limits.max_tag_length} "
+                                 "([daemon] max_tag_length)",
+                                 {"field": "tags", "tag": shown, "limit": limits.max_tag_length,
+                                  "setting": "max_tag_length"}, code="too_long")
 
 
 def parse_circuits(circuits: Mapping[str, str], backend: Backend) -> list[CircuitRecord]:
