@@ -65,6 +65,8 @@ class DaemonConfig:
     max_tag_length: int = 500
     #: longest batch name, in characters
     max_name_length: int = 500
+    #: largest ``metadata`` object of a batch, in bytes of compact JSON
+    max_metadata_bytes: int = 64 * 1024
     log_level: str = "info"
     #: finished batches older than this many days are deleted; 0 keeps everything
     retention_days: float = 0.0
@@ -243,6 +245,8 @@ _LIMITS: dict[str, tuple[int, int]] = {
     "max_tags": (0, 100_000),
     "max_tag_length": (1, 1_000_000),
     "max_name_length": (1, 1_000_000),
+    # 0 refuses any metadata object
+    "max_metadata_bytes": (0, 64 * 1024 * 1024),
 }
 
 

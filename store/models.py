@@ -49,6 +49,8 @@ class NewBatch:
     idempotency_key: str | None = None
     #: digest of the request body, to tell a retry from a different request with the same key
     request_hash: str | None = None
+    #: the submitter's own JSON object, stored and returned as given (None: none given)
+    metadata: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +91,8 @@ class Batch:
     updated_at: float
     finished_at: float | None
     jobs: tuple[Job, ...] = ()
+    #: the submitter's metadata object, if any
+    metadata: Mapping[str, Any] | None = None
 
     @property
     def deadline(self) -> float | None:

@@ -104,4 +104,10 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX batches_finished ON batches (finished_at) WHERE finished_at IS NOT NULL;
     """,
+    # 4: a batch's optional client metadata (a JSON object, NULL when none was given):
+    #    what a toolkit adapter needs to rebuild its results in another process, e.g.
+    #    qjobd.qiskit's pub layout
+    """
+    ALTER TABLE batches ADD COLUMN metadata TEXT;
+    """,
 ]

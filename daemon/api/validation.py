@@ -19,7 +19,7 @@ from qjobd.store.models import CircuitRecord, NewBatch
 
 #: the request limits of a daemon configured with none ([daemon] max_*, label_pattern)
 DEFAULT_LIMITS = DaemonConfig(socket=Path(), database=Path())
-_FIELDS = {"backend", "circuits", "shots", "name", "tags", "timeout", "options"}
+_FIELDS = {"backend", "circuits", "shots", "name", "tags", "timeout", "options", "metadata"}
 
 
 class InvalidRequest(QjobdError):
@@ -134,9 +134,30 @@ def check_submission(body: Mapping[str, Any], backends: Mapping[str, Backend],
     except ValueError as exc:
         raise InvalidRequest(f"'options': {exc}", {"field": "options"},
                              code="invalid_options") from None
+    metadata = body.get("metadata")
+    _check_metadata(metadata, limits)
     return {"backend": name, "circuits": circuits, "shots": shots, "name": batch_name,
             "tags": tags, "timeout": float(timeout) if timeout is not None else None,
-            "options": options}
+            "options": options, "metadata": metadata}
+
+
+def _check_metadata(metadata: Any, limits: DaemonConfig) -> None:
+    """The submitter's own object (a toolkit's result layout): stored and returned as given.
+
+    Its nesting is bounded by the body's ([daemon] max_json_depth); its size, as compact
+    JSON in UTF-8, by [daemon] max_metadata_bytes.
+    """
+    if metadata is None:
+        return
+    if not isinstance(metadata, dict):
+        raise InvalidRequest(f"'metadata' must be an object, not {type(metadata).__name__}",
+                             {"field": "metadata"})
+    size = len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > limits.max_metadata_bytes:
+        raise InvalidRequest(f"'metadata' is {size} bytes as JSON; the limit is "
+                             f"{limits.max_metadata_bytes} ([daemon] max_metadata_bytes)",
+                             {"field": "metadata", "limit": limits.max_metadata_bytes,
+                              "setting": "max_metadata_bytes"}, code="too_large")
 
 
 def _check_label(label: str, limits: DaemonConfig, pattern: re.Pattern[str] | None) -> None:
@@ -224,4 +245,5 @@ def build_batch(fields: Mapping[str, Any], records: list[CircuitRecord], backend
     return NewBatch(owner_uid=owner_uid, backend=fields["backend"], shots=fields["shots"],
                     circuits=records, groups=groups, name=fields["name"], tags=fields["tags"],
                     options=fields["options"], timeout=fields["timeout"],
-                    idempotency_key=idempotency_key, request_hash=digest)
+                    idempotency_key=idempotency_key, request_hash=digest,
+                    metadata=fields.get("metadata"))

@@ -63,6 +63,7 @@ def batch_view(batch: Batch,
         "updated_at": rfc3339(batch.updated_at),
         "finished_at": rfc3339(batch.finished_at),
         "error": batch.error,
+        "metadata": None if batch.metadata is None else dict(batch.metadata),
         "jobs": [job_view(j, next_poll_at(j) if next_poll_at is not None else None)
                  for j in batch.jobs],
     }

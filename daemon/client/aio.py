@@ -50,11 +50,12 @@ class AsyncClient:
                      tags: Mapping[str, str] | None = None,
                      timeout: float | None = None,  # noqa: ASYNC109 - the batch's own limit
                      options: Mapping[str, Any] | None = None,
-                     idempotency_key: str | None = None) -> Batch:
+                     idempotency_key: str | None = None,
+                     metadata: Mapping[str, Any] | None = None) -> Batch:
         """See :meth:`qjobd.client.Client.submit`."""
         return Batch.from_dict(await self._session.send(protocol.submit_request(
             circuits, backend, shots=shots, name=name, tags=tags, timeout=timeout,
-            options=options, idempotency_key=idempotency_key)))
+            options=options, idempotency_key=idempotency_key, metadata=metadata)))
 
     async def get(self, batch: BatchRef) -> Batch:
         """See :meth:`qjobd.client.Client.get`."""

@@ -93,6 +93,8 @@ class Batch:
     finished_at: datetime | None = None
     error: str | None = None
     jobs: tuple[Job, ...] = ()
+    #: the object given as ``metadata`` at submission, if any
+    metadata: Mapping[str, Any] | None = None
     raw: Mapping[str, Any] = _raw()
 
     @classmethod
@@ -104,7 +106,8 @@ class Batch:
             owner=data.get("owner"), created_at=_time(data.get("created_at")),
             updated_at=_time(data.get("updated_at")),
             finished_at=_time(data.get("finished_at")), error=data.get("error"),
-            jobs=tuple(Job.from_dict(j) for j in data.get("jobs") or ()), raw=dict(data))
+            jobs=tuple(Job.from_dict(j) for j in data.get("jobs") or ()),
+            metadata=data.get("metadata"), raw=dict(data))
 
     @property
     def terminal(self) -> bool:

@@ -139,10 +139,12 @@ def batch_path(batch_id: str, action: str | None = None) -> str:
 def submit_request(circuits: Mapping[str, str], backend: str, *, shots: int | None = None,
                    name: str | None = None, tags: Mapping[str, str] | None = None,
                    timeout: float | None = None, options: Mapping[str, Any] | None = None,
-                   idempotency_key: str | None = None) -> Request:
+                   idempotency_key: str | None = None,
+                   metadata: Mapping[str, Any] | None = None) -> Request:
     body: dict[str, Any] = {"backend": backend, "circuits": dict(circuits)}
     optional = {"shots": shots, "name": name, "tags": dict(tags) if tags is not None else None,
-                "timeout": timeout, "options": dict(options) if options is not None else None}
+                "timeout": timeout, "options": dict(options) if options is not None else None,
+                "metadata": dict(metadata) if metadata is not None else None}
     body.update({k: v for k, v in optional.items() if v is not None})
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
     return Request("POST", "/v1/batches", json=body, headers=headers)

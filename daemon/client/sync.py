@@ -60,16 +60,19 @@ class Client:
                shots: int | None = None, name: str | None = None,
                tags: Mapping[str, str] | None = None, timeout: float | None = None,
                options: Mapping[str, Any] | None = None,
-               idempotency_key: str | None = None) -> Batch:
+               idempotency_key: str | None = None,
+               metadata: Mapping[str, Any] | None = None) -> Batch:
         """Submit a batch of OpenQASM circuits (label -> source); the stored batch.
 
         ``shots`` defaults per backend; ``timeout`` is the batch's own limit (it ends
         ``timed_out``); ``options`` are the backend's. With ``idempotency_key`` the same
         body again returns the existing batch; another body under the key: ApiError 409.
+        ``metadata``: a JSON object of yours stored with the batch and returned as
+        ``Batch.metadata`` (at most [daemon] max_metadata_bytes, 64 KiB by default).
         """
         return Batch.from_dict(self._session.send(protocol.submit_request(
             circuits, backend, shots=shots, name=name, tags=tags, timeout=timeout,
-            options=options, idempotency_key=idempotency_key)))
+            options=options, idempotency_key=idempotency_key, metadata=metadata)))
 
     def get(self, batch: BatchRef) -> Batch:
         """The batch with its jobs, as it is now."""
