@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -44,6 +45,9 @@ VERSION = qjobd.__version__
 MAX_WAIT = 300.0
 #: the media type of GET /v1/events
 NDJSON = "application/x-ndjson"
+#: what an integer or number query parameter may look like
+_INTEGER = re.compile(r"-?[0-9]{1,20}", re.ASCII)
+_NUMBER = re.compile(r"-?[0-9]{1,20}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?", re.ASCII)
 #: a yes/no query parameter's spellings (any case)
 _FLAGS = {"": False, "0": False, "1": True, "false": False, "true": True, "no": False,
           "yes": True}
@@ -211,7 +215,7 @@ class _Api:
                               f"{', '.join(JobState)}", {"field": "state"})
         limit = _int_param(q.get("limit"), "limit", 100, 1, 1000)
         before = None
-        if cursor := q.get("cursor"):
+        if (cursor := q.get("cursor")) is not None:
             before = _int_param(cursor, "cursor", 0, 1, 2**63)
         batches, next_seq = await self.ctx.store.list_batches(
             owner_uid=None if peer.admin else peer.uid, state=state,
@@ -373,13 +377,14 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _int_param(value: str | None, name: str, default: int, low: int, high: int) -> int:
-    if value is None or value == "":
+    # an empty value is an error, not the default: a script that pastes an empty
+    # next_cursor must not start again from the first page
+    if value is None:
         return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise ErrorAnswer(400, "invalid_request", f"{name!r} must be an integer, got {value!r}",
-                          {"field": name}) from None
+    if not _INTEGER.fullmatch(value):  # int() would also take " 7", "1_0", Arabic digits
+        raise ErrorAnswer(400, "invalid_request", f"{name!r} must be an integer, got "
+                          f"{value[:40]!r}", {"field": name})
+    number = int(value)
     if not low <= number <= high:
         raise ErrorAnswer(400, "invalid_request", f"{name!r} must be between {low} and {high}",
                           {"field": name})
@@ -387,13 +392,12 @@ def _int_param(value: str | None, name: str, default: int, low: int, high: int) 
 
 
 def _float_param(value: str | None, name: str, default: float, low: float, high: float) -> float:
-    if value is None or value == "":
+    if value is None:
         return default
-    try:
-        number = float(value)
-    except ValueError:
-        raise ErrorAnswer(400, "invalid_request", f"{name!r} must be a number, got {value!r}",
-                          {"field": name}) from None
+    if not _NUMBER.fullmatch(value):  # float() would also take "nan", "1_0" and " 7"
+        raise ErrorAnswer(400, "invalid_request", f"{name!r} must be a number, got "
+                          f"{value[:40]!r}", {"field": name})
+    number = float(value)
     if not low <= number <= high:
         raise ErrorAnswer(400, "invalid_request", f"{name!r} must be between {low:g} and {high:g}",
                           {"field": name})

@@ -249,9 +249,11 @@ def document(limits: DaemonConfig) -> dict[str, Any]:
                 "description": "Only the caller's own, unless the caller is root or the "
                                "daemon's user.",
                 "parameters": [
-                    {"name": "state", "in": "query", "schema": {"type": "string",
-                                                               "enum": _STATES}},
-                    {"name": "backend", "in": "query", "schema": {"type": "string"}},
+                    {"name": "state", "in": "query", "description": "only batches in "
+                     "this state (empty: any)", "schema": {"type": "string",
+                                                          "enum": [*_STATES, ""]}},
+                    {"name": "backend", "in": "query", "description": "only batches on "
+                     "this backend (empty: any)", "schema": {"type": "string"}},
                     {"name": "limit", "in": "query", "schema": {
                         "type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
                     {"name": "cursor", "in": "query", "description": "next_cursor of the "

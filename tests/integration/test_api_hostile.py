@@ -174,3 +174,20 @@ def test_events_follow_takes_yes_or_no_only() -> None:
     with served() as d, d.client() as c:
         assert c.get("/v1/events", params={"follow": "maybe"}).status_code == 400
         assert c.get("/v1/events", params={"follow": "FALSE"}).status_code == 200
+
+
+@pytest.mark.parametrize(("path", "params"), [
+    ("/v1/batches", {"limit": "1_0"}),
+    ("/v1/batches", {"limit": " 5"}),
+    ("/v1/batches", {"cursor": ""}),
+    ("/v1/batches", {"cursor": "\u0661"}),
+    ("/v1/events", {"since": ""}),
+    ("/v1/batches/x/wait", {"timeout": "nan"}),
+    ("/v1/batches/x/wait", {"timeout": "1_0"}),
+])
+def test_numeric_parameters_take_plain_numbers_only(path: str, params: dict) -> None:
+    # before: int()/float() took these ("1_0" was 10, an empty cursor the first page)
+    with served() as d, d.client() as c:
+        r = c.get(path, params=params)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["details"]["field"] in params
