@@ -116,6 +116,11 @@ def _schemas(limits: DaemonConfig) -> dict[str, Any]:
                             "description": "seconds; jobs not finished by then end timed_out"},
                 "options": {"type": ["object", "null"],
                             "description": "backend options; each backend checks its own"},
+                "metadata": {"type": ["object", "null"],
+                             "description": "the submitter's own JSON object, stored with "
+                                            "the batch and returned as given; at most "
+                                            f"{limits.max_metadata_bytes} bytes of compact "
+                                            "JSON ([daemon] max_metadata_bytes)"},
             },
         },
         "Job": {
@@ -155,6 +160,8 @@ def _schemas(limits: DaemonConfig) -> dict[str, Any]:
                 "updated_at": _TIME,
                 "finished_at": _TIME,
                 "error": _TEXT_OR_NULL,
+                "metadata": {"type": ["object", "null"],
+                             "description": "the submission's metadata, or null"},
                 "jobs": {"type": "array", "items": _ref("Job")},
             },
         },
