@@ -10,6 +10,7 @@ results, cancel idempotently, and say what it can do.
 from __future__ import annotations
 
 import abc
+import asyncio
 import enum
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -169,6 +170,18 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def cancel(self, remote_ids: Sequence[str]) -> None:
         """Cancel these jobs. Idempotent: a job already terminal is not an error."""
+
+    def when_terminal(self, remote_id: str) -> asyncio.Future[None] | None:
+        """Optional: a future done once the remote job is terminal, for a backend that
+        learns that by itself (a simulator running the job in its own workers).
+
+        The daemon then polls the job the moment the future is done rather than at its
+        next scheduled poll, so that waiters wake at once; the poll (``status``, then
+        ``results``) still says what happened. Done at once if the job already ended;
+        None (the default) for a backend that only knows when asked: the daemon polls on
+        its schedule.
+        """
+        return None
 
     async def resume_interrupted(self, remote_id: str, request: SubmitRequest) -> str | None:
         """Settle a job whose creation was interrupted after ``created(remote_id)``.

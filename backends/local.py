@@ -14,6 +14,8 @@ ids unknown. Finished jobs are forgotten :data:`RETENTION` seconds after they fi
 
 A job's states: ``queued -> running -> completed | failed``, and ``queued | running ->
 canceled``. Canceling a running job terminates its worker process, which is replaced.
+The backend knows when a job ends, and says so (``when_terminal``): the daemon polls it
+then, so a waiter wakes the moment the simulation is done, not at the next poll.
 """
 
 from __future__ import annotations
@@ -89,6 +91,8 @@ class _Job:
     finished_at: float | None = None
     #: the worker running it, while it runs
     slot: _Slot | None = None
+    #: done when the job ends (``when_terminal``), once the daemon asked for it
+    ended: asyncio.Future[None] | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -252,6 +256,17 @@ class LocalBackend(Backend):
             answer[circuit.label] = dict(counts)
         return answer
 
+    def when_terminal(self, remote_id: str) -> asyncio.Future[None] | None:
+        """Done when the job ends: the daemon polls it then, not at its next poll."""
+        job = self._jobs.get(remote_id)
+        if job is None:
+            return None
+        if job.ended is None:
+            job.ended = asyncio.get_running_loop().create_future()
+            if job.state.terminal:
+                job.ended.set_result(None)
+        return job.ended
+
     async def cancel(self, remote_ids: Sequence[str]) -> None:
         for remote_id in remote_ids:
             job = self._jobs.get(remote_id)
@@ -336,6 +351,8 @@ class LocalBackend(Backend):
         job.state, job.error, job.counts, job.slot = state, error, counts, None
         job.finished_at = time.monotonic()
         self._finished.append((job.finished_at, job.id))
+        if job.ended is not None and not job.ended.done():
+            job.ended.set_result(None)
 
     def _forget_old(self) -> None:
         horizon = time.monotonic() - RETENTION

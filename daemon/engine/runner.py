@@ -83,6 +83,8 @@ class Tracked:
     saved_at: float | None = None
     #: a predicted wait is over: its schedule's cap is the near-end one from now on
     near_end: bool = False
+    #: taken from the calendar for a poll not yet answered (until it is filed again)
+    taken: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,6 +349,31 @@ class BackendRunner:
         tracked.interval, tracked.next_at, tracked.saved_at = first.interval, first.at, first.at
         tracked.saved_step = first.step
         self._push(tracked, self._calendar.now() + first.wait)
+        self._poll_when_terminal(tracked, remote_id)
+
+    def _poll_when_terminal(self, tracked: Tracked, remote_id: str) -> None:
+        """Poll the job the moment its backend says it ended (``Backend.when_terminal``,
+        e.g. the local simulator) rather than at its next scheduled poll: its waiters
+        wake at once. The poll still decides what happened.
+
+        The job is filed due now; its later entry is skipped when it comes out (the job
+        has ended by then). One poll of a job at a time: while one is taken or in
+        flight (it usually finds the end itself), the job is looked at again after it.
+        """
+        ended = self.backend.when_terminal(remote_id)
+        if ended is None:
+            return
+        loop = asyncio.get_running_loop()
+
+        def poll_now(_: object = None, delay: float = COALESCE_WINDOW) -> None:
+            if self._jobs.get(tracked.job_id) is not tracked or tracked.remote_id != remote_id:
+                return  # it ended, or was submitted again, meanwhile
+            if tracked.taken:  # a poll held back by the budget may take a while: back off
+                loop.call_later(delay, poll_now, None, min(2 * delay, 1.0))
+            else:
+                self._push(tracked, self._calendar.now())
+
+        ended.add_done_callback(poll_now)
 
     async def _recover(self, tracked: Tracked) -> None:
         """Settle a job whose submission or remote job may have been lost with a crash.
@@ -412,7 +439,7 @@ class BackendRunner:
     # -- polling ---------------------------------------------------------------------
 
     def _push(self, tracked: Tracked, due: float) -> None:
-        tracked.due = due
+        tracked.due, tracked.taken = due, False
         if self._calendar.add(tracked.job_id, due):
             self._wake.set()
 
@@ -729,5 +756,9 @@ class BackendRunner:
 
 
 def _pollable(tracked: Tracked) -> bool:
-    """Whether a job taken from the calendar is still one to poll."""
-    return tracked.remote_id is not None and not tracked.state.terminal
+    """Whether a job taken from the calendar is still one to poll; if so it is marked
+    taken (a second entry of it, taken before its poll is answered, is not)."""
+    if tracked.remote_id is None or tracked.state.terminal or tracked.taken:
+        return False
+    tracked.taken = True
+    return True
