@@ -64,3 +64,13 @@ bench-scale: $(VENV)/.bench-installed
 	$(BIN)/python -m bench.scale_bench $(SCALE_ARGS) --doc docs/benchmarks.md \
 		$(if $(PROFILE),--profile bench/results/profiles)
 	$(BIN)/python -m bench.store_growth --json bench/results/store_growth.json
+
+## bench-roundtrip: a Bell circuit's submit, wait and results over the socket on the local
+## backend against the same circuit in a bare script (qasm2.loads + AerSimulator().run) and
+## in a warm loop (about 2 minutes on 2 cores); prints the medians, the ratio and its target
+## (5x the bare script), writes bench/results/roundtrip_bench.json and the "Local round
+## trip" section of docs/benchmarks.md. ROUNDTRIP_ARGS=--runs 5 for a look.
+.PHONY: bench-roundtrip
+ROUNDTRIP_ARGS ?=
+bench-roundtrip: $(STAMP)
+	$(BIN)/python -m bench.roundtrip_bench $(ROUNDTRIP_ARGS) --doc docs/benchmarks.md
