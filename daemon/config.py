@@ -54,6 +54,9 @@ class DaemonConfig:
     #: deepest nesting of arrays and objects in a request body (a submission needs 2,
     #: plus whatever a backend's options nest)
     max_json_depth: int = 64
+    #: JSON keys and values a request body may hold besides two for each circuit and tag
+    #: the limits below allow: what the parser builds stays bounded
+    max_json_values: int = 100_000
     #: most circuits in one batch (a backend may take fewer)
     max_circuits: int = 10_000
     #: longest circuit label, in characters
@@ -240,6 +243,7 @@ def parse_config(raw: Mapping[str, Any], *, source: str = "built-in defaults") -
 _LIMITS: dict[str, tuple[int, int]] = {
     # json.loads recurses once per level; the scan before it keeps it under this
     "max_json_depth": (2, 512),
+    "max_json_values": (100, 100_000_000),
     "max_circuits": (1, 10_000_000),
     "max_label_length": (1, 100_000),
     "max_tags": (0, 100_000),

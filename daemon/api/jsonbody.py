@@ -17,20 +17,19 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from qjobd.errors import QjobdError
 
-__all__ = ["BodyError", "loads", "nesting_depth"]
+__all__ = ["BodyError", "Shape", "loads", "nesting_depth", "scan"]
 
 _QUOTE, _BACKSLASH = 0x22, 0x5C
-#: bytes.translate: ``{`` and ``}`` as ``[`` and ``]``; everything else deleted
+#: bytes.translate: ``{`` and ``}`` as ``[`` and ``]``; the bytes that are not structure
 _AS_BRACKETS = bytes.maketrans(b"{}", b"[]")
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
-#: above this many strings the outside-of-strings bytes are found with numpy, not slices
-_SLICES_UP_TO = 4096
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b"[]{},:")
 _CHUNK = 1 << 20
 _BARE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 #: the longest key or label an error message repeats
@@ -45,19 +44,36 @@ class BodyError(QjobdError):
         self.code, self.message, self.details = code, message, details
 
 
-def loads(raw: bytes, *, max_depth: int) -> Any:
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """What :func:`scan` finds outside a body's strings."""
+
+    #: how deep ``[``/``{`` nest; exact up to the scan's limit, else some number above it
+    depth: int
+    #: keys, values and containers: one plus the commas, colons and opening brackets
+    values: int
+
+
+def loads(raw: bytes, *, max_depth: int, max_values: int | None = None) -> Any:
     """Parse ``raw`` (UTF-8 JSON) into Python values; raise :class:`BodyError` if it is not
-    JSON, is nested deeper than ``max_depth`` arrays/objects, or repeats a key in an object."""
+    JSON, is nested deeper than ``max_depth`` arrays/objects, holds more than
+    ``max_values`` keys and values (so that what the parser builds stays bounded), or
+    repeats a key in an object."""
+    shape = scan(raw, max_depth)
+    if shape.depth > max_depth:
+        raise BodyError("too_deep", f"the body nests arrays and objects more than {max_depth} "
+                        f"deep (limit: [daemon] max_json_depth = {max_depth})",
+                        {"limit": max_depth, "setting": "max_json_depth"})
+    if max_values is not None and shape.values > max_values:
+        raise BodyError("too_many_values", f"the body holds {shape.values:,} JSON keys and "
+                        f"values; the limit is {max_values:,} ([daemon] max_json_values, "
+                        "beyond two for each circuit and tag the limits allow)",
+                        {"limit": max_values, "setting": "max_json_values"})
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BodyError("malformed_json", f"the body is not UTF-8 text (byte {exc.start}): "
                         "send JSON as UTF-8") from None
-    depth = nesting_depth(raw, max_depth)
-    if depth > max_depth:
-        raise BodyError("too_deep", f"the body nests arrays and objects more than {max_depth} "
-                        f"deep (limit: [daemon] max_json_depth = {max_depth})",
-                        {"limit": max_depth, "setting": "max_json_depth"})
     duplicates: list[bool] = []
 
     def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -77,6 +93,8 @@ def loads(raw: bytes, *, max_depth: int) -> Any:
     except RecursionError:  # the scan makes this unreachable; never a 500 all the same
         raise BodyError("too_deep", f"the body nests arrays and objects more than {max_depth} "
                         "deep", {"limit": max_depth, "setting": "max_json_depth"}) from None
+    finally:
+        del text
     if duplicates:
         path, key = _find_repeated(value)
         shown = _shorten(key)
@@ -93,73 +111,73 @@ def _no_constant(name: str) -> Any:
 
 
 def nesting_depth(raw: bytes, limit: int) -> int:
-    """How deep ``[``/``{`` nest outside strings in ``raw`` (UTF-8), or a number above
-    ``limit`` as soon as it is clear the depth exceeds it.
+    """How deep ``[``/``{`` nest outside strings in ``raw`` (see :func:`scan`)."""
+    return scan(raw, limit).depth
 
-    Exact for valid JSON. For invalid JSON it never says less than what ``json.loads``
-    would recurse through before finding the fault, so a ``limit`` it passes is one the
-    parser keeps to.
+
+def scan(raw: bytes, limit: int) -> Shape:
+    """The nesting depth and the number of values of ``raw`` (UTF-8 JSON), from its bytes
+    alone: vectorised, no Python object per value, memory a small multiple of the body.
+
+    Exact for valid JSON (the depth up to ``limit``; past it, some number above it). For
+    invalid JSON it never says less than what ``json.loads`` would meet before finding
+    the fault, so a limit the scan passes is one the parser keeps to.
     """
-    a = np.frombuffer(raw, dtype=np.uint8)
-    quotes = _string_quotes(a)
-    if quotes is None:
+    structure = _structure(raw)
+    if structure is None:
         # a quote after a run of two or more backslashes: drop the escaped backslashes
         # (pairs, left to right, as JSON reads them) and look again; now every quote
         # after a backslash is escaped
-        raw = raw.replace(b"\\\\", b"")
-        a = np.frombuffer(raw, dtype=np.uint8)
-        quotes = _string_quotes(a)
-        assert quotes is not None
-    return _depth(_brackets_outside(raw, a, quotes), limit)
+        structure = _structure(raw.replace(b"\\\\", b""))
+        assert structure is not None
+    brackets = structure.translate(_AS_BRACKETS, b",:")
+    opening = brackets.count(b"[")
+    values = 1 + opening + (len(structure) - len(brackets))
+    return Shape(_depth(brackets, limit), values)
 
 
-def _string_quotes(a: np.ndarray) -> np.ndarray | None:
-    """Positions of the quotes that open and close strings; None if some quote follows
-    two or more backslashes (then whether it is escaped takes counting them)."""
-    quote = a == _QUOTE
-    quotes = np.flatnonzero(quote)
-    if quotes.size == 0:
-        return quotes
-    if quotes.size * 64 < a.size:  # few quotes: look at the byte before each
-        before = a[np.maximum(quotes - 1, 0)] == _BACKSLASH
-        before[0] &= quotes[0] > 0
-        escaped = quotes[before]
-    else:
-        escaped = np.flatnonzero(quote[1:] & (a[:-1] == _BACKSLASH)) + 1
-    if escaped.size == 0:
-        return quotes
-    if np.any((escaped >= 2) & (a[np.maximum(escaped - 2, 0)] == _BACKSLASH)):
-        return None
-    quote[escaped] = False
-    return np.flatnonzero(quote)
+def _structure(raw: bytes) -> bytes | None:
+    """The bytes ``[]{},:`` found outside strings, in order; None if some quote follows
+    two or more backslashes (then whether it is escaped takes counting them). An
+    unterminated last string runs to the end (the parser stops there).
 
-
-def _brackets_outside(raw: bytes, a: np.ndarray, quotes: np.ndarray) -> bytes:
-    """The brackets outside strings, in order, ``{}`` spelled ``[]``. An unterminated last
-    string runs to the end (the parser stops there)."""
-    opens, closes = quotes[0::2], quotes[1::2]
-    if opens.size <= _SLICES_UP_TO:
-        starts = [0, *(int(c) + 1 for c in closes)]
-        # an unterminated string's opening quote ends the last segment
-        ends = [*(int(o) for o in opens), len(raw)][:len(starts)]
-        outside = b"".join(raw[s:e] for s, e in zip(starts, ends, strict=True))
-        return outside.translate(_AS_BRACKETS, _NOT_BRACKETS)
-    marked = (a == 0x5B) | (a == 0x5D) | (a == 0x7B) | (a == 0x7D)
-    positions = np.flatnonzero(marked)
-    if positions.size * 8 < quotes.size:
-        # few brackets among many strings: a bracket is inside a string iff an odd
-        # number of quotes come before it
-        inside = (np.searchsorted(quotes, positions) & 1).astype(bool)
-        return a[positions[~inside]].tobytes().translate(_AS_BRACKETS)
-    del positions
-    marked[quotes] = True
-    kinds = a[np.flatnonzero(marked)]
-    del marked
-    # a bracket is inside a string iff an odd number of quotes come before it (an
-    # escaped quote was never marked)
-    quote = kinds == _QUOTE
-    inside = np.cumsum(quote, dtype=np.uint8) & 1
-    return kinds[~quote & (inside == 0)].tobytes().translate(_AS_BRACKETS)
+    A chunk of the body at a time, so that the arrays of positions stay a bounded size
+    whatever the body holds: the quotes that open and close strings, then the stretches
+    between them gathered in one step.
+    """
+    a = np.frombuffer(raw, dtype=np.uint8)
+    parts, inside = [], False
+    for start in range(0, a.size, _CHUNK):
+        chunk = a[start:start + _CHUNK]
+        quotes = np.flatnonzero(chunk == _QUOTE).astype(np.int64) + start
+        if quotes.size:
+            before = a[np.maximum(quotes - 1, 0)] == _BACKSLASH
+            before &= quotes > 0
+            if before.any():
+                escaped = quotes[before]
+                if np.any((escaped >= 2) & (a[np.maximum(escaped - 2, 0)] == _BACKSLASH)):
+                    return None
+                quotes = quotes[~before]
+        # the stretches outside strings: up to each opening quote, from after each closing
+        # (the chunk may begin inside a string)
+        end = start + chunk.size
+        closing, opening = (quotes[0::2], quotes[1::2]) if inside else \
+            (quotes[1::2], quotes[0::2])
+        starts = closing + 1 if inside else np.concatenate(([start], closing + 1))
+        ends = np.concatenate((opening, [end]))[:starts.size]
+        inside ^= bool(quotes.size & 1)
+        lengths = ends - starts
+        keep = lengths > 0
+        starts, lengths = starts[keep] - start, lengths[keep]
+        if starts.size == 0:
+            continue
+        # every position of every stretch, as one index: ones, with a jump at each start
+        offsets = np.cumsum(lengths)
+        steps = np.ones(int(offsets[-1]), dtype=np.int64)
+        steps[0] = starts[0]
+        steps[offsets[:-1]] = starts[1:] - (starts[:-1] + lengths[:-1]) + 1
+        parts.append(chunk[np.cumsum(steps)].tobytes().translate(None, _NOT_STRUCTURE))
+    return b"".join(parts)
 
 
 def _depth(brackets: bytes, limit: int) -> int:
@@ -170,12 +188,12 @@ def _depth(brackets: bytes, limit: int) -> int:
     v = np.frombuffer(brackets, dtype=np.uint8)
     level, deepest = 0, 0
     for start in range(0, v.size, _CHUNK):
-        steps = np.where(v[start:start + _CHUNK] == 0x5B, 1, -1).astype(np.int32)
-        running = np.cumsum(steps, dtype=np.int64) + level
-        deepest = max(deepest, int(running.max()))
+        steps = (v[start:start + _CHUNK] == 0x5B).view(np.int8) * np.int8(2) - np.int8(1)
+        running = np.cumsum(steps, dtype=np.int32)
+        deepest = max(deepest, level + int(running.max()))
         if deepest > limit:
             return deepest
-        level = int(running[-1])
+        level += int(running[-1])
     return deepest
 
 

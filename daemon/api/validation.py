@@ -51,12 +51,19 @@ class InvalidCircuits(QjobdError):
 def parse_body(raw: bytes, limits: DaemonConfig = DEFAULT_LIMITS) -> dict[str, Any]:
     """The body as a JSON object: UTF-8, nested at most ``max_json_depth``, no key twice."""
     try:
-        body = jsonbody.loads(raw, max_depth=limits.max_json_depth)
+        body = jsonbody.loads(raw, max_depth=limits.max_json_depth,
+                              max_values=json_values(limits))
     except jsonbody.BodyError as exc:
         raise InvalidRequest(exc.message, exc.details, code=exc.code) from None
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a JSON object", code="malformed_json")
     return body
+
+
+def json_values(limits: DaemonConfig) -> int:
+    """The most JSON keys and values a body may hold: [daemon] max_json_values, plus two
+    (a key and its value) for each circuit and tag the other limits allow."""
+    return limits.max_json_values + 2 * (limits.max_circuits + limits.max_tags)
 
 
 def check_submission(body: Mapping[str, Any], backends: Mapping[str, Backend],

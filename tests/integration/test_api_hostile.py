@@ -114,6 +114,8 @@ def test_a_duplicate_key_anywhere_is_400_naming_the_key_and_where(raw: bytes, pa
     ({"max_name_length": 3}, {"name": "long"}, "too_long", "name", "max_name_length"),
     ({"max_json_depth": 3}, {"options": {"a": {"b": {"c": 1}}}}, "too_deep", None,
      "max_json_depth"),
+    ({"max_json_values": 100, "max_circuits": 1, "max_tags": 0}, {"options": {"o": [1] * 200}},
+     "too_many_values", None, "max_json_values"),
 ])
 def test_each_configured_limit_is_a_400_naming_the_field_and_the_limit(
         limits: dict, fields: dict, code: str, field: str | None, setting: str) -> None:

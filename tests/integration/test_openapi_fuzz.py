@@ -3,8 +3,9 @@ uvicorn server on a Unix socket, over one kept-alive connection.
 
 Each operation gets a bounded number of generated requests, valid and invalid by the
 schema, the same ones every run (derandomized: a failure reproduces; raise EXAMPLES and
-drop derandomize to explore). Every answer must be documented (status, content type, body schema), none may be
-a 5xx, the connection must never drop, and a rejected request (4xx) must store nothing.
+drop derandomize to explore). Every answer must be documented (status, content type,
+body schema), none may be a 5xx, the connection must never drop, and a rejected request
+(4xx) must store nothing.
 """
 
 from __future__ import annotations

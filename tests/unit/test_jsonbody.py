@@ -10,12 +10,18 @@ import time
 import pytest
 
 from qjobd.daemon.api import jsonbody
-from qjobd.daemon.api.jsonbody import BodyError, loads, nesting_depth
+from qjobd.daemon.api.jsonbody import BodyError, loads, nesting_depth, scan
 
 
 def reference_depth(raw: bytes) -> int:
-    """The deepest running count of [/{ minus ]/} outside strings, one byte at a time."""
+    return reference(raw)[0]
+
+
+def reference(raw: bytes) -> tuple[int, int]:
+    """The deepest running count of [/{ minus ]/} outside strings, and one plus the
+    [ { , : outside strings, one byte at a time."""
     depth = deepest = 0
+    values = 1
     in_string = escaped = False
     for byte in raw:
         ch = chr(byte)
@@ -30,10 +36,13 @@ def reference_depth(raw: bytes) -> int:
             in_string = True
         elif ch in "[{":
             depth += 1
+            values += 1
             deepest = max(deepest, depth)
         elif ch in "]}":
             depth -= 1
-    return deepest
+        elif ch in ",:":
+            values += 1
+    return deepest, values
 
 
 def random_value(rng: random.Random, depth: int) -> object:
@@ -49,20 +58,26 @@ def random_text(rng: random.Random) -> str:
     return "".join(rng.choice('ab[]{}"\\\\ ,:\n\u00e9') for _ in range(rng.randrange(8)))
 
 
-def test_the_scan_agrees_with_the_reference_on_random_json() -> None:
+@pytest.mark.parametrize("chunk", [1, 5, 64, 1 << 20])
+def test_the_scan_agrees_with_the_reference_on_random_json(
+        chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # small chunks: strings and escapes across every kind of chunk boundary
+    monkeypatch.setattr(jsonbody, "_CHUNK", chunk)
     rng = random.Random(13)
-    for _ in range(3000):
+    for _ in range(300 if chunk < 8 else 1500):
         raw = json.dumps(random_value(rng, rng.randrange(1, 9)),
                          ensure_ascii=rng.random() < 0.5).encode()
-        assert nesting_depth(raw, 10_000) == reference_depth(raw), raw
+        shape = scan(raw, 10_000)
+        assert (shape.depth, shape.values) == reference(raw), raw
 
 
 def test_the_scan_agrees_with_the_reference_on_random_bytes() -> None:
     # not JSON; without backslashes the automaton is the same whatever the input
     rng = random.Random(7)
     for _ in range(3000):
-        raw = bytes(rng.choice(b'[]{}"a, ') for _ in range(rng.randrange(60)))
-        assert nesting_depth(raw, 10_000) == reference_depth(raw), raw
+        raw = bytes(rng.choice(b'[]{}"a,: ') for _ in range(rng.randrange(60)))
+        shape = scan(raw, 10_000)
+        assert (shape.depth, shape.values) == reference(raw), raw
 
 
 @pytest.mark.parametrize("build", [
@@ -75,7 +90,8 @@ def test_the_scan_agrees_with_the_reference_on_random_bytes() -> None:
 ])
 def test_the_scan_agrees_with_the_reference_on_large_bodies(build: object) -> None:
     raw = build(random.Random(1)).encode()  # type: ignore[operator]
-    assert nesting_depth(raw, 10_000) == reference_depth(raw)
+    shape = scan(raw, 10_000)
+    assert (shape.depth, shape.values) == reference(raw)
 
 
 def test_the_scan_stops_past_the_limit_and_is_cheap() -> None:
@@ -96,6 +112,16 @@ def test_json_loads_never_recurses_past_the_limit() -> None:
     with pytest.raises(BodyError) as caught:
         loads(b'{"a": "' + b"[" * 100_000, max_depth=64)
     assert caught.value.code == "malformed_json"
+
+
+def test_too_many_values_are_refused_before_the_parse() -> None:
+    raw = json.dumps({"o": [1] * 1000}).encode()
+    assert scan(raw, 64).values == 1 + 1 + 1 + 1 + 999  # {, :, [, 1, commas
+    assert loads(raw, max_depth=64, max_values=1003) == {"o": [1] * 1000}
+    with pytest.raises(BodyError) as caught:
+        loads(raw, max_depth=64, max_values=1002)
+    assert caught.value.code == "too_many_values"
+    assert caught.value.details == {"limit": 1002, "setting": "max_json_values"}
 
 
 @pytest.mark.parametrize(("raw", "path", "key"), [

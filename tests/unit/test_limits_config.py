@@ -12,7 +12,8 @@ from qjobd.daemon.config import ConfigError, parse_config
 from qjobd.daemon.process.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULTS = {"max_request_bytes": 64 * 1024 * 1024, "max_json_depth": 64, "max_circuits": 10_000,
+DEFAULTS = {"max_request_bytes": 64 * 1024 * 1024, "max_json_depth": 64,
+            "max_json_values": 100_000, "max_circuits": 10_000,
             "max_label_length": 200, "label_pattern": "", "max_tags": 64,
             "max_tag_length": 500, "max_name_length": 500}
 
