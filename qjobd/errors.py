@@ -24,6 +24,7 @@ report, and nothing else::
     │   └── IdempotencyConflict  the key was used before with another body
     ├── IllegalTransition      qjobd.store.states: a move the state machine forbids
     ├── ErrorAnswer            qjobd.daemon.api.app: an HTTP error answer (status, code)
+    ├── BodyError              qjobd.daemon.api.jsonbody: a body not taken as JSON (400)
     ├── InvalidRequest         qjobd.daemon.api.validation: a malformed submission (400)
     ├── InvalidCircuits        qjobd.daemon.api.validation: invalid OpenQASM (422)
     ├── SocketInUse            qjobd.daemon.api.server: another qjobd serves there
