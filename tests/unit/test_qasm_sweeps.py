@@ -36,7 +36,7 @@ def _cached(source: str) -> tuple[int, int, int] | str:
 
 
 def _clear() -> None:
-    qasm._facts.cache_clear()
+    qasm._FACTS.clear()
     qasm._SWEEPS = qasm._Templates(4096)
 
 
