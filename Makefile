@@ -74,3 +74,13 @@ bench-scale: $(VENV)/.bench-installed
 ROUNDTRIP_ARGS ?=
 bench-roundtrip: $(STAMP)
 	$(BIN)/python -m bench.roundtrip_bench $(ROUNDTRIP_ARGS) --doc docs/benchmarks.md
+
+## bench-divi: divi's QAOA (MaxCut, 8 qubits, 2 layers, COBYLA) through qjobd on the local
+## backend against divi's own QiskitSimulator running the same program (about 4 minutes on
+## 2 cores); prints both wall times, where each spent it, the ratio and its target (1.5x),
+## writes bench/results/divi_bench.json and the "divi through qjobd" section of
+## docs/benchmarks.md. DIVI_ARGS=--runs 1 for a look.
+.PHONY: bench-divi
+DIVI_ARGS ?=
+bench-divi: $(STAMP)
+	$(BIN)/python -m bench.divi_bench $(DIVI_ARGS) --doc docs/benchmarks.md
