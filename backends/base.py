@@ -71,8 +71,14 @@ class Capabilities:
     qasm_versions: frozenset[int] = frozenset({2, 3})
     default_shots: int = 1000
     max_shots: int = 1_000_000
-    #: widest circuit accepted (None: no limit known)
+    #: widest circuit accepted (None: no limit known; the daemon's [daemon] max_qubits)
     max_qubits: int | None = None
+    #: where ``max_qubits`` comes from, said when a circuit is refused for it
+    max_qubits_reason: str = ""
+    #: OpenQASM versions the provider parses itself (its own compiler reads the text): a
+    #: program in one of them that the reference grammar accepts but Qiskit cannot import
+    #: (const, subroutines, stretch...) is sent as written, with the skipped checks said
+    provider_parsed: frozenset[int] = frozenset()
     max_circuits_per_batch: int = 100_000
 
 

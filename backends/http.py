@@ -166,6 +166,18 @@ class HttpBackend(Backend):
         """The API key ``config`` points at; raises ValueError saying where it looked."""
         return read_api_key(self.name, config, self.key_env)
 
+    def qubit_limit(self, config: Mapping[str, Any], known: Mapping[str, int], target: str
+                    ) -> tuple[int | None, str]:
+        """(max_qubits, why): the ``max_qubits`` setting, else what is known of ``target``."""
+        value = config.get("max_qubits")
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"max_qubits must be a positive integer, not {value!r}")
+            return value, f"[backends.{self.name}] max_qubits"
+        if target in known:
+            return known[target], f"{self.provider}'s {target} has {known[target]}"
+        return None, ""
+
     async def start(self) -> None:
         self._client = self._make_client()
 

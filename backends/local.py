@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any, TypeVar
 
 from qjobd.backends import _aer_worker, qasm
@@ -69,6 +70,8 @@ METHODS = frozenset(
 RETENTION = 3600.0
 
 _CONFIG_KEYS = frozenset({"workers", "max_qubits"})
+#: the widest circuit simulated unless max_qubits says otherwise (or memory is short)
+DEFAULT_MAX_QUBITS = 24
 #: a worker imports Qiskit and Aer before it is ready; a cold disk can make that slow
 _READY_TIMEOUT = 120.0
 #: how long a terminated worker gets to exit before it is killed
@@ -111,8 +114,9 @@ class LocalBackend(Backend):
     """qiskit-aer in a pool of worker processes.
 
     Config: ``workers`` (processes, default ``min(2, cpu_count)``) and ``max_qubits``
-    (widest circuit accepted, default 24). Batch options: ``seed_simulator`` (int) and
-    ``method`` (one of :data:`METHODS`).
+    (widest circuit accepted; default 24, or fewer when a statevector that wide would not
+    fit twice in each worker's share of the memory: :func:`memory_qubits`). Batch options:
+    ``seed_simulator`` (int) and ``method`` (one of :data:`METHODS`).
     """
 
     capabilities = Capabilities(
@@ -137,8 +141,18 @@ class LocalBackend(Backend):
             )
         cpus = os.cpu_count() or 1
         self.workers = _positive_int(name, config, "workers", min(2, cpus))
-        self.max_qubits = _positive_int(name, config, "max_qubits", 24)
-        self.capabilities = replace(type(self).capabilities, max_qubits=self.max_qubits)
+        memory = memory_qubits(self.workers)
+        if "max_qubits" in config:
+            self.max_qubits = _positive_int(name, config, "max_qubits", DEFAULT_MAX_QUBITS)
+            why = f"[backends.{name}] max_qubits"
+        elif memory < DEFAULT_MAX_QUBITS:
+            self.max_qubits = memory
+            why = (f"a statevector of {memory + 1} qubits would not fit twice in each of its "
+                   f"{self.workers} workers' share of this machine's memory")
+        else:
+            self.max_qubits, why = DEFAULT_MAX_QUBITS, "its default"
+        self.capabilities = replace(type(self).capabilities, max_qubits=self.max_qubits,
+                                    max_qubits_reason=why)
         # Aer's OpenMP threads per worker, so that the workers share the cores.
         self._threads = max(1, cpus // self.workers)
         self._jobs: dict[str, _Job] = {}
@@ -474,6 +488,23 @@ class LocalBackend(Backend):
     def _task_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             log.error("local backend %r lost a worker slot", self.name, exc_info=task.exception())
+
+
+def memory_qubits(workers: int) -> int:
+    """The widest statevector (16 bytes per amplitude) that fits twice in a worker's share
+    of the memory this process may use (the machine's, or its cgroup's limit)."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return DEFAULT_MAX_QUBITS
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit.isdigit():
+            memory = min(memory, int(limit))
+    except OSError:
+        pass
+    share = memory // max(1, workers)
+    return max(1, (share // 32).bit_length() - 1)
 
 
 def _positive_int(name: str, config: Mapping[str, Any], key: str, default: int) -> int:

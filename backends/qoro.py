@@ -73,7 +73,12 @@ _FAILURES = {
 #: the status of a job that may not have received its finalized fragment yet
 _MAYBE_UNFINALIZED = "PENDING"
 _CONFIG = {"base_url", "api_key_env", "api_key_credential", "simulator_cluster",
-           "qpu_system_name", "timeout"}
+           "qpu_system_name", "timeout", "max_qubits"}
+#: qubits by simulator cluster or QPU system, where Qoro publishes one. It publishes none
+#: today (Maestro, behind qoro_maestro, picks statevector, MPS or stabilizer methods by
+#: circuit, so its width depends on the circuit): circuits are held to the daemon's
+#: [daemon] max_qubits unless [backends.NAME] max_qubits says otherwise
+TARGET_QUBITS: dict[str, int] = {}
 
 
 class QoroBackend(HttpBackend):
@@ -103,7 +108,10 @@ class QoroBackend(HttpBackend):
         if not self.timeout > 0:
             raise ValueError("timeout must be a positive number of seconds")
         self._key = self.read_key(config)
+        max_qubits, why = self.qubit_limit(config, TARGET_QUBITS,
+                                           next(iter(self.target.values())))
         self.capabilities = Capabilities(
+            max_qubits=max_qubits, max_qubits_reason=why,
             grouping=Grouping.PER_BATCH, batch_status=False, max_status_batch=1,
             # the wire cannot find a job by its tag, but a job never finalized never runs
             lookup_by_key=False, lost_create_is_inert=True,

@@ -70,6 +70,19 @@ class DaemonConfig:
     max_name_length: int = 500
     #: largest ``metadata`` object of a batch, in bytes of compact JSON
     max_metadata_bytes: int = 64 * 1024
+    #: most operations (gate calls, measurements, resets, barriers...) in one circuit
+    max_operations: int = 1_000_000
+    #: most qubits in one circuit on a backend that states no limit of its own
+    #: ([backends.NAME] max_qubits, or what the backend knows of its target)
+    max_qubits: int = 1024
+    #: most classical bits in one circuit (the width of its counts' keys)
+    max_clbits: int = 4096
+    #: processes that parse submitted circuits; 0: one per core
+    parse_workers: int = 0
+    #: each parse worker's address-space limit, bytes; 0: none
+    parse_worker_memory: int = 4 * 1024**3
+    #: seconds a submission's circuits may take to check before it is refused (413)
+    validation_timeout: int = 300
     log_level: str = "info"
     #: finished batches older than this many days are deleted; 0 keeps everything
     retention_days: float = 0.0
@@ -251,6 +264,13 @@ _LIMITS: dict[str, tuple[int, int]] = {
     "max_name_length": (1, 1_000_000),
     # 0 refuses any metadata object
     "max_metadata_bytes": (0, 64 * 1024 * 1024),
+    # the circuits' limits (README "Limits"), checked from the declarations first
+    "max_operations": (1, 1_000_000_000),
+    "max_qubits": (1, 1_000_000),
+    "max_clbits": (1, 10_000_000),
+    "parse_workers": (0, 1024),
+    "parse_worker_memory": (0, 2**50),
+    "validation_timeout": (1, 86_400),
 }
 
 

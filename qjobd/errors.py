@@ -14,6 +14,7 @@ report, and nothing else::
     │   └── ProtocolError      an answer this backend does not understand
     ├── UnknownBackendType     qjobd.backends.registry: no installed backend has the type
     ├── QasmError              qjobd.backends.qasm: a circuit cannot be parsed or converted
+    │   └── OverLimit          over a backend's limit: qubits, classical bits, operations
     ├── QHError                qjobd.backends.qh: a Qoro histogram is malformed
     ├── StoreError             qjobd.store.errors: the store failed
     │   ├── StoreUnavailable   the database cannot take writes now
@@ -27,6 +28,9 @@ report, and nothing else::
     ├── BodyError              qjobd.daemon.api.jsonbody: a body not taken as JSON (400)
     ├── InvalidRequest         qjobd.daemon.api.validation: a malformed submission (400)
     ├── InvalidCircuits        qjobd.daemon.api.validation: invalid OpenQASM (422)
+    │   └── CircuitsTooLarge   over a size limit: operations, parser memory, time (413)
+    ├── ParsePoolClosed        qjobd.daemon.api.parsing: the parse workers are stopping
+    ├── WorkerDied             qjobd.daemon.api.parsing: a parse worker died in a task
     ├── SocketInUse            qjobd.daemon.api.server: another qjobd serves there
     ├── ActivationError        qjobd.daemon.process.systemd: unusable inherited sockets
     ├── CoreTaskFailed         qjobd.daemon.process.service: a core task ended

@@ -51,6 +51,8 @@ class NewBatch:
     request_hash: str | None = None
     #: the submitter's own JSON object, stored and returned as given (None: none given)
     metadata: Mapping[str, Any] | None = None
+    #: checks the daemon could not make on the circuits, one sentence each
+    warnings: Sequence[str] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +95,8 @@ class Batch:
     jobs: tuple[Job, ...] = ()
     #: the submitter's metadata object, if any
     metadata: Mapping[str, Any] | None = None
+    #: checks the daemon could not make on the circuits, one sentence each
+    warnings: tuple[str, ...] = ()
 
     @property
     def deadline(self) -> float | None:

@@ -110,4 +110,10 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE batches ADD COLUMN metadata TEXT;
     """,
+    # 5: what the daemon could not check in a batch's circuits (a JSON list of sentences,
+    #    NULL when it checked everything): e.g. OpenQASM 3 Qiskit cannot import, sent to
+    #    a provider that parses it itself
+    """
+    ALTER TABLE batches ADD COLUMN warnings TEXT;
+    """,
 ]

@@ -47,7 +47,7 @@ _JOB_COLUMNS = (
 )
 _BATCH_COLUMNS = (
     "seq, id, owner_uid, backend, shots, name, tags, options, timeout, state, error, "
-    "cancel_requested, created_at, updated_at, finished_at, metadata"
+    "cancel_requested, created_at, updated_at, finished_at, metadata, warnings"
 )
 
 
@@ -128,13 +128,14 @@ class Store:
             conn.execute(
                 "INSERT INTO batches (id, owner_uid, backend, shots, name, tags, options, "
                 "timeout, state, idempotency_key, request_hash, created_at, updated_at, "
-                "metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "metadata, warnings) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (batch_id, new.owner_uid, new.backend, new.shots, new.name,
                  _dumps(new.tags), _dumps(new.options), new.timeout, JobState.QUEUED,
                  new.idempotency_key, new.request_hash, now, now,
                  # as given: the submitter's key order is kept
                  None if new.metadata is None else json.dumps(
-                     new.metadata, separators=(",", ":"), ensure_ascii=False)))
+                     new.metadata, separators=(",", ":"), ensure_ascii=False),
+                 json.dumps(list(new.warnings), ensure_ascii=False) if new.warnings else None))
             job_of: dict[str, str] = {}
             job_rows = []
             for position, labels in enumerate(new.groups):
@@ -559,4 +560,5 @@ def _batch(r: Sequence[Any], jobs: tuple[Job, ...]) -> Batch:
                  tags=json.loads(r[6]), options=json.loads(r[7]), timeout=r[8],
                  state=JobState(r[9]), error=r[10], cancel_requested=bool(r[11]),
                  created_at=r[12], updated_at=r[13], finished_at=r[14], jobs=jobs,
-                 metadata=None if r[15] is None else json.loads(r[15]))
+                 metadata=None if r[15] is None else json.loads(r[15]),
+                 warnings=tuple(json.loads(r[16])) if r[16] else ())

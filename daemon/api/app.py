@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import qjobd
 from qjobd.backends.base import Backend
 from qjobd.daemon.api import metrics, openapi, validation, views
+from qjobd.daemon.api.parsing import ParsePool, ParsePoolClosed
 from qjobd.daemon.api.peer import Peer
 from qjobd.daemon.config import Config
 from qjobd.daemon.engine.notify import BatchChanges
@@ -63,6 +64,8 @@ class Context:
     scheduler: Scheduler
     changes: BatchChanges
     started_at: float = field(default_factory=time.monotonic)
+    #: the parse workers (daemon/api/parsing.py); None checks circuits in a thread
+    parser: ParsePool | None = None
 
 
 class ErrorAnswer(QjobdError):
@@ -185,15 +188,22 @@ class _Api:
             body = await anyio.to_thread.run_sync(validation.parse_body, raw, limits)
             fields = validation.check_submission(body, self.ctx.backends, limits)
             backend = self.ctx.backends[fields["backend"]]
-            # parsing is CPU-bound: keep the event loop free for everyone else
-            records = await anyio.to_thread.run_sync(
-                validation.parse_circuits, fields["circuits"], backend)
+            # in the parse workers: the event loop never parses
+            checked = await validation.check_circuits(fields["circuits"], backend, limits,
+                                                      self.ctx.parser)
         except validation.InvalidRequest as exc:
             raise ErrorAnswer(400, exc.code, exc.message, exc.details) from None
+        except validation.CircuitsTooLarge as exc:
+            raise ErrorAnswer(413, exc.code, exc.message, exc.details) from None
         except validation.InvalidCircuits as exc:
             raise ErrorAnswer(422, exc.code, exc.message, exc.details) from None
+        except ParsePoolClosed as exc:
+            raise ErrorAnswer(503, "unavailable", f"the circuits cannot be checked now: {exc}; "
+                              "nothing was stored") from None
+        records = checked.records
         new = validation.build_batch(fields, records, backend, owner_uid=peer.uid,
-                                     idempotency_key=key, raw_body=body)
+                                     idempotency_key=key, raw_body=body,
+                                     warnings=checked.warnings)
         try:
             batch, created = await self.ctx.store.create_batch(new)
         except IdempotencyConflict as exc:

@@ -162,6 +162,10 @@ def _schemas(limits: DaemonConfig) -> dict[str, Any]:
                 "error": _TEXT_OR_NULL,
                 "metadata": {"type": ["object", "null"],
                              "description": "the submission's metadata, or null"},
+                "warnings": {"type": "array", "items": {"type": "string"},
+                             "description": "checks the daemon could not make on the "
+                                            "circuits (e.g. OpenQASM 3 Qiskit cannot import, "
+                                            "sent as written to a provider that parses it)"},
                 "jobs": {"type": "array", "items": _ref("Job")},
             },
         },

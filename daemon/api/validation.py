@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import anyio
 
 from qjobd.backends import qasm
 from qjobd.backends.base import Backend, Grouping
 from qjobd.daemon.api import jsonbody
+from qjobd.daemon.api.parsing import ParsePool, WorkerDied
 from qjobd.daemon.config import DaemonConfig
 from qjobd.errors import QjobdError
 from qjobd.store.models import CircuitRecord, NewBatch
@@ -36,7 +41,7 @@ class InvalidRequest(QjobdError):
 
 
 class InvalidCircuits(QjobdError):
-    """One or more circuits are not valid OpenQASM (HTTP 422)."""
+    """One or more circuits are not valid OpenQASM, or not for this backend (HTTP 422)."""
 
     code = "invalid_qasm"
 
@@ -45,6 +50,8 @@ class InvalidCircuits(QjobdError):
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         self.message = f"{errors[0]}{more}"
         self.details = [e.to_dict() for e in errors]
+        if all(isinstance(e, qasm.OverLimit) for e in errors) and self.code == "invalid_qasm":
+            self.code = "over_limit"
         super().__init__(self.message)
 
 
@@ -211,36 +218,181 @@ def _check_tags(tags: Any, limits: DaemonConfig) -> None:
                                   "setting": "max_tag_length"}, code="too_long")
 
 
-def parse_circuits(circuits: Mapping[str, str], backend: Backend) -> list[CircuitRecord]:
-    """Parse every circuit and check it can be sent to the backend; CPU-bound (run in a thread).
+# -- the circuits ------------------------------------------------------------------------
+#
+# Checked in the daemon's parse workers (daemon/api/parsing.py), never on the event loop:
+# a batch is cut into chunks of about CHUNK_BYTES of source, handed out round-robin with
+# other requests' chunks; each chunk's circuits are scanned (declarations against the
+# limits) before any of them is parsed.
 
-    Reports every invalid circuit, not only the first.
-    """
-    records, errors = [], []
-    versions = backend.capabilities.qasm_versions
-    for label, source in circuits.items():
+#: a chunk of a batch for one worker: big enough that its overhead is small, small enough
+#: that two workers share a batch and other requests get a turn between chunks
+CHUNK_BYTES = 512 * 1024
+#: limits whose refusal is a 413 (the request is too big to check), not a 422
+SIZE_LIMITS = frozenset({"operations", "parser memory", "time"})
+
+
+class CircuitsTooLarge(InvalidCircuits):
+    """Circuits over a size limit: operations, the parser's memory, the time to check (413)."""
+
+    code = "circuit_too_large"
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitPlan:
+    """What each circuit of a submission is checked against; sent to the parse workers."""
+
+    backend: str
+    limits: qasm.CircuitLimits
+    #: the OpenQASM versions the backend takes (others are converted)
+    versions: frozenset[int]
+    #: the versions its provider parses itself (see Capabilities.provider_parsed)
+    provider_parsed: frozenset[int]
+    #: limit name -> the sentence that says where it comes from
+    sources: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedCircuits:
+    records: list[CircuitRecord]
+    #: the checks that could not be made, one sentence per circuit concerned
+    warnings: list[str]
+
+
+def circuit_plan(backend: Backend, limits: DaemonConfig = DEFAULT_LIMITS) -> CircuitPlan:
+    caps = backend.capabilities
+    name = backend.name
+    if caps.max_qubits is not None:
+        qubits = caps.max_qubits
+        why = f"{caps.max_qubits_reason}; " if caps.max_qubits_reason else ""
+        qubit_source = (f"backend {name!r} takes at most {qubits} qubits ({why}"
+                        f"[backends.{name}] max_qubits sets it)")
+    else:
+        qubits = limits.max_qubits
+        qubit_source = (f"backend {name!r} states no qubit limit, so the daemon's applies: "
+                        f"{qubits} ([daemon] max_qubits)")
+    return CircuitPlan(
+        backend=name,
+        limits=qasm.CircuitLimits(max_qubits=qubits, max_clbits=limits.max_clbits,
+                                  max_operations=limits.max_operations),
+        versions=caps.qasm_versions, provider_parsed=caps.provider_parsed,
+        sources={"qubits": qubit_source,
+                 "classical bits": f"at most {limits.max_clbits} classical bits per circuit "
+                                   "([daemon] max_clbits)",
+                 "operations": f"at most {limits.max_operations} operations per circuit "
+                               "([daemon] max_operations)",
+                 "parser memory": f"each parse worker may use {limits.parse_worker_memory:,} "
+                                  "bytes ([daemon] parse_worker_memory)",
+                 "time": f"a submission's circuits are checked in at most "
+                         f"{limits.validation_timeout} s ([daemon] validation_timeout)"})
+
+
+def check_chunk(circuits: Sequence[tuple[str, str]], plan: CircuitPlan
+                ) -> list[qasm.Checked | qasm.QasmError]:
+    """Check circuits (in a parse worker): every declaration scan first, then each parse."""
+    outcomes: list[qasm.Checked | qasm.QasmError | None] = []
+    for label, source in circuits:
         try:
-            parsed = qasm.parse_circuit(label, source)
-            limit = backend.capabilities.max_qubits
-            if limit is not None and parsed.num_qubits > limit:
-                raise qasm.QasmError(label, f"the circuit uses {parsed.num_qubits} qubits; "
-                                     f"backend {backend.name!r} takes at most {limit}")
-            if parsed.qasm_version not in versions:
-                qasm.convert(parsed, versions)  # raises if it has no form the backend takes
+            qasm.check_declarations(label, source, plan.limits)
+            outcomes.append(None)
         except qasm.QasmError as exc:
-            errors.append(exc)
+            outcomes.append(_explained(exc, plan))
+    for index, (label, source) in enumerate(circuits):
+        if outcomes[index] is not None:
             continue
-        records.append(CircuitRecord(label=label, source=source,
-                                     qasm_version=parsed.qasm_version,
-                                     num_qubits=parsed.num_qubits, num_clbits=parsed.num_clbits))
+        try:
+            outcomes[index] = qasm.check_circuit(label, source, limits=plan.limits,
+                                                 versions=plan.versions,
+                                                 provider_parsed=plan.provider_parsed)
+        except qasm.QasmError as exc:
+            outcomes[index] = _explained(exc, plan)
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
+def _explained(error: qasm.QasmError, plan: CircuitPlan) -> qasm.QasmError:
+    if not isinstance(error, qasm.OverLimit) or error.limit not in plan.sources:
+        return error
+    return qasm.OverLimit(error.label, f"{error.reason}: {plan.sources[error.limit]}",
+                          error.line, error.column, error.limit, error.maximum, error.value)
+
+
+async def check_circuits(circuits: Mapping[str, str], backend: Backend,
+                         limits: DaemonConfig = DEFAULT_LIMITS, pool: ParsePool | None = None
+                         ) -> CheckedCircuits:
+    """Check every circuit of a submission, in ``pool``'s workers (else in a thread).
+
+    Reports every invalid circuit, not only the first: :class:`InvalidCircuits` (422), or
+    :class:`CircuitsTooLarge` (413) when every refusal is over a size limit. Gives up
+    after ``validation_timeout`` seconds (413), and when cancelled, abandons the work.
+    """
+    plan = circuit_plan(backend, limits)
+    chunks = _chunks(list(circuits.items()))
+    group = object()
+    try:
+        with anyio.fail_after(limits.validation_timeout):
+            answers = await asyncio.gather(*(_check(chunk, plan, pool, group)
+                                             for chunk in chunks))
+    except TimeoutError:
+        label = next(iter(circuits))
+        raise CircuitsTooLarge([qasm.OverLimit(
+            label, f"checking the batch's {len(circuits)} circuits took longer than "
+            f"{limits.validation_timeout} s: {plan.sources['time']}", None, None, "time",
+            limits.validation_timeout, None)]) from None
+    outcomes = [outcome for answer in answers for outcome in answer]
+    errors = [o for o in outcomes if isinstance(o, qasm.QasmError)]
     if errors:
+        if all(isinstance(e, qasm.OverLimit) and e.limit in SIZE_LIMITS for e in errors):
+            raise CircuitsTooLarge(errors)
         raise InvalidCircuits(errors)
-    return records
+    records, warnings = [], []
+    for checked in outcomes:
+        assert isinstance(checked, qasm.Checked)
+        qasm.remember(checked)  # the job's submission finds its facts and conversion here
+        records.append(CircuitRecord(label=checked.label, source=circuits[checked.label],
+                                     qasm_version=checked.qasm_version,
+                                     num_qubits=checked.num_qubits,
+                                     num_clbits=checked.num_clbits))
+        warnings += [f"circuit {checked.label!r}: {note}" for note in checked.skipped]
+    return CheckedCircuits(records, warnings)
+
+
+def _chunks(items: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+    chunks: list[list[tuple[str, str]]] = [[]]
+    size = 0
+    for item in items:
+        if chunks[-1] and size + len(item[1]) > CHUNK_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(item)
+        size += len(item[1])
+    return chunks
+
+
+async def _check(chunk: list[tuple[str, str]], plan: CircuitPlan, pool: ParsePool | None,
+                 group: object) -> list[qasm.Checked | qasm.QasmError]:
+    if pool is None:
+        # no parse workers (tests, embedded use): a thread, with the reference path only
+        answer: list[qasm.Checked | qasm.QasmError] = await anyio.to_thread.run_sync(
+            check_chunk, chunk, plan)
+        return answer
+    try:
+        result: list[qasm.Checked | qasm.QasmError] = await pool.run("check", (chunk, plan),
+                                                                     group=group)
+        return result
+    except WorkerDied as exc:
+        if len(chunk) > 1:
+            # which circuit killed it? each on its own, so the others are still answered
+            parts = await asyncio.gather(*(_check([item], plan, pool, group) for item in chunk))
+            return [outcome for part in parts for outcome in part]
+        label = chunk[0][0]
+        return [qasm.OverLimit(label, f"{exc}, probably over its memory limit: "
+                               f"{plan.sources['parser memory']}", None, None, "parser memory",
+                               0, None)]
 
 
 def build_batch(fields: Mapping[str, Any], records: list[CircuitRecord], backend: Backend, *,
-                owner_uid: int, idempotency_key: str | None, raw_body: Mapping[str, Any]
-                ) -> NewBatch:
+                owner_uid: int, idempotency_key: str | None, raw_body: Mapping[str, Any],
+                warnings: Sequence[str] = ()) -> NewBatch:
     if backend.capabilities.grouping == Grouping.PER_BATCH:
         groups = [[r.label for r in records]]
     else:
@@ -253,4 +405,4 @@ def build_batch(fields: Mapping[str, Any], records: list[CircuitRecord], backend
                     circuits=records, groups=groups, name=fields["name"], tags=fields["tags"],
                     options=fields["options"], timeout=fields["timeout"],
                     idempotency_key=idempotency_key, request_hash=digest,
-                    metadata=fields.get("metadata"))
+                    metadata=fields.get("metadata"), warnings=tuple(warnings))

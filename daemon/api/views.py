@@ -64,6 +64,7 @@ def batch_view(batch: Batch,
         "finished_at": rfc3339(batch.finished_at),
         "error": batch.error,
         "metadata": None if batch.metadata is None else dict(batch.metadata),
+        "warnings": list(batch.warnings),
         "jobs": [job_view(j, next_poll_at(j) if next_poll_at is not None else None)
                  for j in batch.jobs],
     }

@@ -18,12 +18,15 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from qjobd.backends.base import Backend
 from qjobd.backends.registry import UnknownBackendType, backend_class
 from qjobd.daemon.api.app import VERSION
 from qjobd.daemon.api.server import SocketInUse
+from qjobd.daemon.api.validation import circuit_plan
 from qjobd.daemon.config import Config, ConfigError, load_config
 from qjobd.daemon.process import logs
 from qjobd.daemon.process.systemd import ActivationError
@@ -55,12 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
-        check_backends(config)
+        backends = check_backends(config)
     except ConfigError as exc:
         print(f"qjobd: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.command == "check-config":
-        return print_config(config, args.get)
+        return print_config(config, args.get, backends)
     if args.command == "backup":
         return backup(Path(args.database or config.daemon.database), Path(args.destination))
     logs.configure(config.daemon.log_level)
@@ -74,9 +77,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def print_config(config: Config, key: str | None) -> int:
-    """``check-config``: the effective configuration as JSON, or one setting of it."""
+def print_config(config: Config, key: str | None,
+                 backends: Mapping[str, Backend] | None = None) -> int:
+    """``check-config``: the effective configuration as JSON, or one setting of it.
+
+    With ``backends``, also each one's effective circuit limits (``circuit_limits``):
+    what its circuits are checked against, and where each limit comes from.
+    """
     value: Any = config.to_dict()
+    if backends:
+        value["circuit_limits"] = {name: circuit_limits(backend, config)
+                                   for name, backend in backends.items()}
     if key is None:
         print(json.dumps(value, indent=2))
         return 0
@@ -109,17 +120,28 @@ def backup(database: Path, destination: Path) -> int:
     return 0
 
 
-def check_backends(config: Config) -> None:
+def circuit_limits(backend: Backend, config: Config) -> dict[str, Any]:
+    plan = circuit_plan(backend, config.daemon)
+    return {"max_qubits": plan.limits.max_qubits, "max_clbits": plan.limits.max_clbits,
+            "max_operations": plan.limits.max_operations,
+            "qubits_from": plan.sources["qubits"],
+            "qasm_versions": sorted(plan.versions),
+            "sent_as_written_when_qiskit_cannot_import": sorted(plan.provider_parsed)}
+
+
+def check_backends(config: Config) -> dict[str, Backend]:
     """Every configured backend's type must be installed and accept its options."""
+    backends = {}
     for name, bc in config.backends.items():
         try:
             cls = backend_class(bc.type)
         except UnknownBackendType as exc:
             raise ConfigError(f"{config.source}: [backends.{name}] {exc}") from None
         try:
-            cls(name, bc.options)
+            backends[name] = cls(name, bc.options)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{config.source}: [backends.{name}] {exc}") from None
+    return backends
 
 
 if __name__ == "__main__":

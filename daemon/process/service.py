@@ -30,9 +30,11 @@ import anyio
 import anyio.abc
 import structlog
 
+from qjobd.backends import qasm
 from qjobd.backends.base import Backend
 from qjobd.backends.registry import create_backend
 from qjobd.daemon.api.app import Context
+from qjobd.daemon.api.parsing import ParsePool
 from qjobd.daemon.api.server import SocketInUse, SocketServer, bind_socket, make_server
 from qjobd.daemon.config import Config, ConfigError, load_config
 from qjobd.daemon.engine.scheduler import Scheduler
@@ -136,17 +138,25 @@ class _Service:
         sup.say("opening the store")
         store = await Store.open(config.daemon.database)
         log.info("store open", database=str(config.daemon.database))
+        # the parse workers start now, in the background: they import Qiskit while the
+        # backends start; a submission that comes before they are ready waits for them
+        parser = ParsePool(config.daemon.parse_workers or None,
+                           memory=config.daemon.parse_worker_memory or None)
+        parser.start()
+        qasm.set_offload(parser.call)  # no parse in this process, even on a cache miss
         try:
             sup.say("starting backends")
             async with started_backends(config) as backends:
-                await self._run(store, backends)
+                await self._run(store, backends, parser)
         finally:
+            qasm.set_offload(None)
+            await parser.aclose()
             await store.close()
             log.info("stopped")
 
-    async def _run(self, store: Store, backends: dict[str, Backend]) -> None:
+    async def _run(self, store: Store, backends: dict[str, Backend], parser: ParsePool) -> None:
         config, sup = self.config, self.supervisor
-        daemon = wire(config, store, backends)
+        daemon = wire(config, store, backends, parser)
         scheduler = daemon.scheduler
         if self.inherited:
             sockets, where, owned = self.inherited, _names(self.inherited), None
@@ -193,6 +203,8 @@ class _Service:
                         side.cancel_scope.cancel()
                 finally:
                     daemon.changes.close()  # end long-polls and event streams now
+                    # submissions being checked are answered 503 now, nothing stored
+                    parser.close()
                     server.should_exit = True
         finally:
             if owned is not None:

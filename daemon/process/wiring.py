@@ -15,6 +15,7 @@ from starlette.applications import Starlette
 
 from qjobd.backends.base import Backend
 from qjobd.daemon.api.app import Context, create_app
+from qjobd.daemon.api.parsing import ParsePool
 from qjobd.daemon.config import Config
 from qjobd.daemon.engine.notify import BatchChanges
 from qjobd.daemon.engine.scheduler import Scheduler
@@ -33,13 +34,15 @@ class Wired:
     app: Starlette
 
 
-def wire(config: Config, store: Store, backends: Mapping[str, Backend]) -> Wired:
+def wire(config: Config, store: Store, backends: Mapping[str, Backend],
+         parser: ParsePool | None = None) -> Wired:
     """Connect an open store and started backends into a scheduler and an API app.
 
     The caller runs ``scheduler.run()`` and serves ``app``; on the way out it closes
-    ``changes`` first, so that long-polls and event streams end at once.
+    ``changes`` first, so that long-polls and event streams end at once. ``parser``: the
+    parse workers that check submitted circuits (without, a thread checks them).
     """
     changes = BatchChanges()
     scheduler = Scheduler(store, backends, config.backends, changes)
-    context = Context(config, store, backends, scheduler, changes)
+    context = Context(config, store, backends, scheduler, changes, parser=parser)
     return Wired(changes, scheduler, context, create_app(context))
