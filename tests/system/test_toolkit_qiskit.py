@@ -212,6 +212,8 @@ def test_backend_run_gives_counts_in_circuit_order(qjobd) -> None:
         assert client.get(job.job_id()).shots == 25
     # reattached by id: the same counts, in the same order
     assert QjobdBackend.job(job.job_id(), socket=qjobd.socket).result().get_counts() == counts
+    with pytest.raises(ValueError, match=r"not submitted by qjobd\.qiskit\.QjobdSampler"):
+        QjobdSampler.job(job.job_id(), socket=qjobd.socket)
     # the backend's default shots
     assert backend.options.shots == 1024
     assert sum(backend.run(bell()).result().get_counts().values()) == 1024
