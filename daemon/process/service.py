@@ -143,7 +143,8 @@ class _Service:
         parser = ParsePool(config.daemon.parse_workers or None,
                            memory=config.daemon.parse_worker_memory or None)
         parser.start()
-        qasm.set_offload(parser.call)  # no parse in this process, even on a cache miss
+        # no parse in this process, even on a cache miss: the worker runs qasm.offloaded
+        qasm.set_offload(lambda kind, args: parser.call("offloaded", (kind, args)))
         try:
             sup.say("starting backends")
             async with started_backends(config) as backends:
