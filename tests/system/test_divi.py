@@ -374,7 +374,9 @@ def logged(log: Path) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("resume", ["from_the_start", "from_its_checkpoint"])
 def test_a_divi_run_killed_and_rerun_does_not_pay_twice(qjobd, ionq, resume) -> None:
     running(qjobd)
-    ionq.configure(duration=(0.3, 0.6))
+    # jobs long enough that the kill lands while the third call's batch runs: the
+    # checkpoint then covers two iterations at most, and the rerun repeats the third
+    ionq.configure(duration=(0.8, 1.2))
     root = short_tmpdir()
     checkpoint = root / "checkpoints" if resume == "from_its_checkpoint" else None
     creates_before = ionq.stats()["creates"]
