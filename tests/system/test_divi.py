@@ -428,3 +428,18 @@ def test_the_readme_example_runs(qjobd) -> None:
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "solution" in r.stdout
+
+
+# -- the benchmark --------------------------------------------------------------------------
+
+
+def test_the_divi_benchmark_runs_and_prints_its_ratio_and_target(tmp_path) -> None:
+    out = tmp_path / "divi_bench.json"
+    r = subprocess.run([sys.executable, "-m", "bench.divi_bench", "--runs", "1",
+                        "--iterations", "2", "--shots", "100", "--quiet", "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "target <= 1.5" in r.stdout and "through qjobd" in r.stdout
+    report = json.loads(out.read_text())
+    assert report["ratio"] > 0 and report["target_ratio"] == 1.5
+    assert report["sides"]["qjobd"]["calls"] == report["sides"]["qiskit_simulator"]["calls"]
