@@ -64,6 +64,9 @@ same one when rerunning it, and a new one for a fresh run. What follows from the
 - A rerun reuses batches only while it sends what the first run sent: a program that
   draws unseeded random numbers (initial parameters, a stochastic optimizer) sends other
   circuits and pays for them. Seed the program (``seed=...``) to replay it.
+- A ``ProgramEnsemble`` (partitioning workflows, sweeps) runs its programs in threads
+  and merges their calls as they arrive, so the calls of a rerun are cut differently
+  and are paid for again: run keys save reruns of single programs.
 - A rerun from a checkpoint reuses the calls it repeats; if it resumes past an identical
   call that the first run sent twice, its first copy maps onto the first run's first
   batch (the same content, the same results, not a fresh sample).

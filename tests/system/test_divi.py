@@ -352,6 +352,27 @@ def test_divis_examples_finish_across_a_kill_9_of_the_daemon(qjobd, backend, exa
     assert b.calls > 2  # it went on after the restart
 
 
+def test_a_program_ensemble_runs_its_programs_through_one_runner(qjobd) -> None:
+    """divi's partitioning workflow: sub-programs in threads, their calls merged."""
+    import networkx as nx
+    from divi.qprog import BeamSearchStrategy
+    from divi.qprog.optimizers import ScipyMethod, ScipyOptimizer
+    from divi.qprog.problems import GraphPartitioningConfig, MaxCutProblem
+    from divi.qprog.workflows import PartitioningProgramEnsemble
+
+    graph = nx.random_regular_graph(3, 12, seed=2)
+    problem = MaxCutProblem(graph, config=GraphPartitioningConfig(
+        max_n_nodes_per_cluster=5, partitioning_algorithm="metis"))
+    ensemble = PartitioningProgramEnsemble(
+        problem=problem, n_layers=1, optimizer=ScipyOptimizer(method=ScipyMethod.NELDER_MEAD),
+        max_iterations=3, backend=runner(qjobd, shots=200))
+    ensemble.run()
+    solution, energy = ensemble.aggregate_results(
+        strategy=BeamSearchStrategy(beam_width=1, n_partition_candidates=5))
+    assert set(solution) <= set(graph.nodes) and energy < 0
+    assert len(ensemble.programs) > 1 and ensemble.total_circuit_count > 0
+
+
 # -- not paying twice ---------------------------------------------------------------------
 
 
