@@ -100,10 +100,24 @@ def load(source: str) -> QuantumCircuit:
     """The circuit of ``source``; :class:`Refused` whenever the native importer says no."""
     if not _state:
         raise Refused("the native importer is not enabled in this process")
-    rewritten = _rewritten(source)
-    if not _SUBSET.fullmatch(_COMMENTS.sub(_blank, rewritten)):
+    prepared = _prepared(source)
+    if prepared is None:
         raise Refused("outside the subset the native importer is used for")
-    return _call(rewritten)
+    return _call(prepared)
+
+
+#: the last source prepared and what it became (load, then to_qasm2, see the same text)
+_last: list[tuple[str, str | None]] = []
+
+
+def _prepared(source: str) -> str | None:
+    """The source rewritten, comments blanked, if in the subset; else None."""
+    if _last and _last[0][0] is source:
+        return _last[0][1]
+    rewritten = _COMMENTS.sub(_blank, _rewritten(source))
+    prepared = rewritten if _SUBSET.fullmatch(rewritten) else None
+    _last[:] = [(source, prepared)]
+    return prepared
 
 
 # The subset of OpenQASM 3 the native importer is used for, as one regular expression of
@@ -137,6 +151,52 @@ _COMMENTS = re.compile(r"//[^\n]*|/\*.*?\*/", re.DOTALL)
 
 def _blank(match: re.Match[str]) -> str:
     return " " * len(match[0])
+
+
+# -- the subset, as OpenQASM 2 -------------------------------------------------------------
+#
+# Every program of the subset has an OpenQASM 2 form, written statement by statement:
+# qelib1.inc has each stdgates.inc gate under the same name and meaning (CX, phase and
+# cphase under cx, p and cp), registers become qreg/creg (a single qubit or bit, a
+# register of one: a gate on it, or a measurement, is the same operation), and a
+# measurement's assignment becomes its arrow. A name OpenQASM 2 cannot take (an upper
+# case first letter, an underscore, a keyword or gate of OpenQASM 2) leaves the
+# conversion to Qiskit's exporter.
+
+_V2_NAMES = {"CX": "cx", "phase": "p", "cphase": "cp"}
+_V2_RESERVED = frozenset("""OPENQASM include qreg creg gate opaque barrier measure reset if pi
+    U CX u3 u2 u1 cx id u0 u p x y z h s sdg t tdg rx ry rz sx sxdg cz cy swap ch ccx cswap
+    crx cry crz cu1 cp cu3 csx cu rxx rzz rccx rc3x c3x c3sqrtx c4x""".split())
+_V2_STATEMENT = re.compile(
+    r"\s*(?:(?P<header>OPENQASM\s+3(?:\.[0-9]+)?)|(?P<include>include\s*\"stdgates\.inc\")"
+    r"|(?P<kind>qubit|bit)\s*(?:\[\s*(?P<size>[0-9]+)\s*\]\s*|\s)(?P<name>\w+)"
+    r"|(?P<bits>[^=;]*?)\s*=\s*measure\s+(?P<qubits>[^;]*?)"
+    r"|(?P<gate>\w+)(?P<rest>[^;]*?))\s*;")
+
+
+def to_qasm2(source: str) -> str | None:
+    """``source``'s OpenQASM 2 form, if it is in the subset (None: ask Qiskit's exporter)."""
+    rewritten = _prepared(source)
+    if rewritten is None:
+        return None
+    out = ["OPENQASM 2.0;"]
+    for statement in _V2_STATEMENT.finditer(rewritten):
+        if statement["header"]:
+            continue
+        if statement["include"]:
+            out.append('include "qelib1.inc";')
+        elif statement["kind"]:
+            name = statement["name"]
+            if name in _V2_RESERVED or not re.fullmatch(r"[a-z][A-Za-z0-9_]*", name):
+                return None
+            register = "qreg" if statement["kind"] == "qubit" else "creg"
+            out.append(f"{register} {name}[{statement['size'] or 1}];")
+        elif statement["qubits"] is not None:
+            out.append(f"measure {statement['qubits'].strip()} -> {statement['bits'].strip()};")
+        else:
+            gate = statement["gate"]
+            out.append(f"{_V2_NAMES.get(gate, gate)}{statement['rest']};")
+    return "\n".join(out) + "\n"
 
 
 def _rewritten(source: str) -> str:

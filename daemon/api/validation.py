@@ -290,23 +290,24 @@ def circuit_plan(backend: Backend, limits: DaemonConfig = DEFAULT_LIMITS) -> Cir
 def check_chunk(circuits: Sequence[tuple[str, str]], plan: CircuitPlan
                 ) -> list[qasm.Checked | qasm.QasmError]:
     """Check circuits (in a parse worker): every declaration scan first, then each parse."""
-    outcomes: list[qasm.Checked | qasm.QasmError | None] = []
+    outcomes: list[qasm.Checked | qasm.QasmError | qasm.Declared] = []
     for label, source in circuits:
         try:
-            qasm.check_declarations(label, source, plan.limits)
-            outcomes.append(None)
+            outcomes.append(qasm.check_declarations(label, source, plan.limits))
         except qasm.QasmError as exc:
             outcomes.append(_explained(exc, plan))
     for index, (label, source) in enumerate(circuits):
-        if outcomes[index] is not None:
+        declared = outcomes[index]
+        if not isinstance(declared, qasm.Declared):
             continue
         try:
             outcomes[index] = qasm.check_circuit(label, source, limits=plan.limits,
                                                  versions=plan.versions,
-                                                 provider_parsed=plan.provider_parsed)
+                                                 provider_parsed=plan.provider_parsed,
+                                                 declared=declared)
         except qasm.QasmError as exc:
             outcomes[index] = _explained(exc, plan)
-    return [outcome for outcome in outcomes if outcome is not None]
+    return [o for o in outcomes if not isinstance(o, qasm.Declared)]
 
 
 def _explained(error: qasm.QasmError, plan: CircuitPlan) -> qasm.QasmError:

@@ -298,3 +298,44 @@ def test_a_cache_miss_in_the_daemon_is_parsed_elsewhere(monkeypatch: pytest.Monk
     parsed = qasm.parse_circuit("c", BELL3.replace("cx", "cz"))
     qasm.convert(parsed, frozenset({2}))
     assert calls == ["facts", "convert"]
+
+
+def _operations_by_index(circuit: object) -> list[tuple[object, ...]]:
+    c = circuit  # a QuantumCircuit: its operations by qubit and clbit index
+    return [(i.operation.name, tuple(float(p) for p in i.operation.params),
+             tuple(c.find_bit(q).index for q in i.qubits),  # type: ignore[attr-defined]
+             tuple(c.find_bit(b).index for b in i.clbits))  # type: ignore[attr-defined]
+            for i in c.data]  # type: ignore[attr-defined]
+
+
+@pytest.mark.usefixtures("native")
+def test_the_native_subset_is_written_as_openqasm_2_with_the_same_operations() -> None:
+    import qiskit.qasm2
+
+    translated = 0
+    for name, source in generated(7, 40):
+        try:
+            circuit = _qasm_native.load(source)
+        except _qasm_native.Refused:
+            continue  # written only once the importer took it
+        wire = _qasm_native.to_qasm2(source)
+        assert wire is not None, name
+        again = qiskit.qasm2.loads(wire,
+                                   custom_instructions=qiskit.qasm2.LEGACY_CUSTOM_INSTRUCTIONS)
+        assert _operations_by_index(again) == _operations_by_index(circuit), name
+        translated += 1
+    assert translated > 50
+    checked = check_circuit("c", generated_program(), versions=frozenset({2}))
+    assert checked.path == "native" and checked.wire.startswith("OPENQASM 2.0;\ninclude")
+
+
+@pytest.mark.usefixtures("native")
+def test_a_name_openqasm_2_cannot_take_leaves_the_conversion_to_qiskit() -> None:
+    source = HEAD3 + "qubit[2] Q;\nbit[2] c;\nh Q[0];\nc = measure Q;\n"
+    assert _qasm_native.to_qasm2(source) is None
+    checked = check_circuit("c", source, versions=frozenset({2}))
+    assert checked.wire is not None and "qreg" in checked.wire
+
+
+def generated_program() -> str:
+    return random_program(random.Random(2), 30, 3, angles="expr")
