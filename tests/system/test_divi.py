@@ -463,4 +463,6 @@ def test_the_divi_benchmark_runs_and_prints_its_ratio_and_target(tmp_path) -> No
     assert "target <= 1.5" in r.stdout and "through qjobd" in r.stdout
     report = json.loads(out.read_text())
     assert report["ratio"] > 0 and report["target_ratio"] == 1.5
-    assert report["sides"]["qjobd"]["calls"] == report["sides"]["qiskit_simulator"]["calls"]
+    # COBYLA's path follows the sampled counts, which differ between the two simulators'
+    # seeds: the sides may make a call more or fewer, so each reports its time per call too
+    assert all(s["calls"] > 0 and s["per_call_ms"] > 0 for s in report["sides"].values())
