@@ -75,13 +75,24 @@ class IllegalTransition(QjobdError):
         super().__init__(f"job {job_id} {where}; it cannot move to {target}")
 
 
+class JobEnded(IllegalTransition):
+    """The job had already ended (a cancel or a timeout came first) when this move was
+    asked for: a race the daemon expects, not a bug."""
+
+
+def illegal(job_id: str, current: str | None, target: JobState) -> IllegalTransition:
+    """The error for a forbidden move: :class:`JobEnded` when the job had ended."""
+    ended = current is not None and current in TERMINAL
+    return (JobEnded if ended else IllegalTransition)(job_id, current, target)
+
+
 def can_move(current: JobState, target: JobState) -> bool:
     return target in LEGAL_MOVES[current]
 
 
 def check_move(job_id: str, current: JobState, target: JobState) -> None:
     if not can_move(current, target):
-        raise IllegalTransition(job_id, current, target)
+        raise illegal(job_id, current, target)
 
 
 def predecessors(target: JobState) -> frozenset[JobState]:

@@ -27,7 +27,7 @@ from qjobd.store.errors import (
 )
 from qjobd.store.models import Batch, CircuitRecord, Event, Job, NewBatch, Result, new_id
 from qjobd.store.schema import MIGRATIONS
-from qjobd.store.states import ACTIVE, IllegalTransition, JobState, batch_state, can_move
+from qjobd.store.states import ACTIVE, JobState, batch_state, can_move, illegal
 from qjobd.store.writer import WriteOp, Writer, run_on_connection_thread
 
 T = TypeVar("T")
@@ -184,7 +184,7 @@ class Store:
             row = conn.execute("SELECT state, batch_id FROM jobs WHERE id = ?",
                                (job_id,)).fetchone()
             if row is None or not can_move(JobState(row[0]), target):
-                raise IllegalTransition(job_id, None if row is None else row[0], target)
+                raise illegal(job_id, None if row is None else row[0], target)
             current, batch_id = JobState(row[0]), str(row[1])
             now = time.time()
             sets = ["state = ?", "updated_at = ?"]
@@ -268,8 +268,8 @@ class Store:
             if row is None:
                 current = conn.execute("SELECT state FROM jobs WHERE id = ?",
                                        (job_id,)).fetchone()
-                raise IllegalTransition(job_id, None if current is None else current[0],
-                                        JobState.SUBMITTING)
+                raise illegal(job_id, None if current is None else current[0],
+                              JobState.SUBMITTING)
             _event(conn, now, str(row[0]), job_id, "remote_created", None,
                    {"remote_id": remote_id})
 

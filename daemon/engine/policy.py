@@ -51,7 +51,7 @@ from qjobd.backends.qasm import QasmError
 from qjobd.daemon.config import PollingConfig
 from qjobd.daemon.engine.schedule import Backoff
 from qjobd.store.errors import StoreError
-from qjobd.store.states import IllegalTransition
+from qjobd.store.states import IllegalTransition, JobEnded
 
 #: how long a backend whose credentials were refused waits before trying again
 AUTH_PAUSE = 60.0
@@ -198,6 +198,9 @@ RULES: tuple[Rule, ...] = (
     # a bug, or an answer nothing foresaw: polled again too
     Rule(Step.POLL, Exception, Action.POLL_AGAIN, say="status poll failed unexpectedly",
          level="exception"),
+    # a cancel or a timeout ended the job while its poll was out: expected, said quietly
+    Rule(Step.RECORD, JobEnded, Action.RESYNC, say="job ended while it was polled",
+         level="debug"),
     Rule(Step.RECORD, IllegalTransition, Action.RESYNC, say="job changed under the poller",
          level="error"),
     Rule(Step.RECORD, StoreError, Action.POLL_AGAIN, say="could not record a poll",

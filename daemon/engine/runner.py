@@ -68,8 +68,10 @@ class Tracked:
     remote_id: str | None
     interval: float | None
     raw: str | None
-    #: a cancel (or timeout) that arrived while the create request was in flight
+    #: a cancel (or timeout) that arrived while a submitter held the job
     pending_end: tuple[JobState, str] | None = None
+    #: a submitter holds the job: from before its intent is stored until the create ends
+    claimed: bool = False
     #: polled before it was due, to fill a request (its backoff does not grow)
     early: bool = False
     #: loop time its current poll fell due (for the scheduling lag)
@@ -225,9 +227,10 @@ class BackendRunner:
             tracked = self._jobs.get(job_id)
             if tracked is None:
                 continue
-            if tracked.state == JobState.SUBMITTING:
-                # the create may be in flight: end the job once its remote id is known,
-                # so the remote job is canceled too instead of running orphaned
+            if tracked.state == JobState.SUBMITTING or tracked.claimed:
+                # the create may be in flight (or about to be): end the job once its
+                # remote id is known, so the remote job is canceled too instead of
+                # running orphaned; or before the create, so it never starts
                 tracked.pending_end = (reason, why)
             elif tracked.remote_id is None:
                 await self._move(tracked, reason, error=error, detail={"reason": why})
@@ -294,13 +297,34 @@ class BackendRunner:
                     await self._obey(tracked, self._decide(Step.SUBMIT, exc))
 
     async def _submit(self, tracked: Tracked) -> None:
+        tracked.claimed = True
+        try:
+            await self._create(tracked)
+        finally:
+            tracked.claimed = False
+            if tracked.pending_end is not None and tracked.state == JobState.QUEUED:
+                # ended before its intent was stored (or put back): nothing remote exists
+                reason, why = tracked.pending_end
+                tracked.pending_end = None
+                self._spawn(self.cancel([tracked.job_id], reason=reason, why=why))
+
+    async def _create(self, tracked: Tracked) -> None:
         try:
             request = await self._build_request(tracked)
         except Exception as exc:
             await self._obey(tracked, self._decide(Step.PREPARE, exc))
             return
+        if tracked.pending_end is not None:
+            return  # canceled while its request was built: never started (see _submit)
         # the intent is stored before the request: a crash from here on is reconciled
         await self._move(tracked, JobState.SUBMITTING)
+        if tracked.pending_end is not None:
+            # canceled while the intent was stored: no create was sent, so nothing runs
+            reason, why = tracked.pending_end
+            tracked.pending_end = None
+            error = why if reason != JobState.CANCELED else None
+            await self._move(tracked, reason, error=error, detail={"reason": why})
+            return
 
         async def created(remote_id: str) -> None:
             # a multi-request create: keep the id before the upload, to settle a crash
