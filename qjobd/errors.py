@@ -24,6 +24,7 @@ report, and nothing else::
     │   ├── NotFound           no such batch
     │   └── IdempotencyConflict  the key was used before with another body
     ├── IllegalTransition      qjobd.store.states: a move the state machine forbids
+    │   └── JobEnded           the job had ended meanwhile (a cancel, a timeout)
     ├── ErrorAnswer            qjobd.daemon.api.app: an HTTP error answer (status, code)
     ├── BodyError              qjobd.daemon.api.jsonbody: a body not taken as JSON (400)
     ├── InvalidRequest         qjobd.daemon.api.validation: a malformed submission (400)

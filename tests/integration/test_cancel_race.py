@@ -82,16 +82,19 @@ async def test_a_cancel_ms_after_the_201_leaves_the_local_simulator_idle(
         "backend": "local", "shots": 4000, "circuits": {"s": stalling}})
     assert r.status_code == 201, r.text
     batch_id = r.json()["id"]
-    await asyncio.sleep(delay_ms / 1000)
-    assert (await daemon.client.post(f"/v1/batches/{batch_id}/cancel")).status_code in (200, 202)
+    with structlog.testing.capture_logs() as logs:
+        await asyncio.sleep(delay_ms / 1000)
+        cancel = await daemon.client.post(f"/v1/batches/{batch_id}/cancel")
+        assert cancel.status_code in (200, 202)
 
-    async def ended() -> bool:
-        b = (await daemon.client.get(f"/v1/batches/{batch_id}")).json()
-        return b["state"] in ("canceled", "completed")
-    await eventually(ended, 20)
-    local = daemon.backends["local"]
+        async def ended() -> bool:
+            b = (await daemon.client.get(f"/v1/batches/{batch_id}")).json()
+            return b["state"] in ("canceled", "completed")
+        await eventually(ended, 20)
+        local = daemon.backends["local"]
 
-    def idle() -> bool:
-        h = local.health()
-        return h["running"] == 0 and h.get("queued", 0) == 0
-    await eventually(idle, 5)
+        def idle() -> bool:
+            h = local.health()
+            return h["running"] == 0 and h.get("queued", 0) == 0
+        await eventually(idle, 5)
+    assert [e for e in logs if e["log_level"] in ("error", "critical")] == []
