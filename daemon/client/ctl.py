@@ -55,6 +55,7 @@ from typing import Any, NoReturn, Protocol, TextIO
 
 import httpx
 
+from qjobd.daemon.client import plot
 from qjobd.daemon.client.connection import (
     TERMINAL_STATES,
     ApiError,
@@ -213,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", metavar="ID")
     p.add_argument("--format", choices=["json", "csv"],
                    help="json: the API's answer; csv: label,bitstring,count rows")
+    p.add_argument("--plot", nargs="?", const="-", metavar="FILE",
+                   help="draw each circuit's histogram: in the terminal (--plot), or into "
+                        "one image file (--plot FILE.png; needs the qjobd[plot] extra)")
 
     p = add("cancel", "cancel batches")
     p.add_argument("ids", nargs="+", metavar="ID")
@@ -335,6 +339,10 @@ def _print_json(value: Any) -> None:
 
 def _print_json_line(value: Any) -> None:
     print(json.dumps(value, ensure_ascii=False, separators=(",", ":")), flush=True)
+
+
+def _utf8_stdout() -> bool:
+    return (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "") == "utf8"
 
 
 def _stdout_is_tty() -> bool:
@@ -827,7 +835,18 @@ def cmd_results(client: Client, args: argparse.Namespace) -> int:
             _print_json_error(exc.code, exc.message, exc.details)
         return EXIT_FAILED
     fmt = args.format or ("json" if args.json else None)
-    if fmt == "json":
+    if args.plot is not None and args.plot != "-":
+        try:
+            path = plot.write_figure(answer, args.plot)
+        except (plot.PlotUnavailable, OSError, ValueError) as exc:
+            _error(f"cannot write the figure {args.plot}: {exc}")
+            if args.json:
+                _print_json_error("plot_failed", str(exc), {"file": args.plot})
+            return EXIT_USAGE
+        print(f"wrote {path}", file=sys.stderr)
+    if args.plot == "-" and fmt is None:
+        print(plot.terminal_histograms(answer, unicode=_utf8_stdout()))
+    elif fmt == "json":
         _print_json(answer)
     elif fmt == "csv":
         writer = csv.writer(sys.stdout, lineterminator="\n")

@@ -1010,3 +1010,37 @@ def test_events_follow_with_no_daemon_is_unreachable_not_ended(sock_dir, capsys)
                        "--follow")
     assert code == 3
     assert "no such socket" in err
+
+
+# -- results --plot -----------------------------------------------------------------------
+
+
+def test_results_plot_draws_each_circuits_histogram_in_the_terminal(fake, capsys):
+    fake.on("GET", "/v1/batches/b1/results", (200, results_answer()))
+    code, out, _ = run(capsys, "results", "b1", "--plot")
+    assert code == 0
+    bell, ghz = out.strip().split("\n\n")
+    assert bell.splitlines()[0] == "bell (100 shots)"
+    # by bitstring, each bar as long as its share of the circuit's most frequent outcome
+    rows = [line.split() for line in bell.splitlines()[1:]]
+    assert [r[0] for r in rows] == ["00", "11"] and [r[-2] for r in rows] == ["48", "52"]
+    assert ghz.splitlines()[0] == "ghz (100 shots)"
+    bars = {line.split()[0]: line.split()[1] for line in ghz.splitlines()[1:]}
+    assert [*bars] == ["000", "001", "111"]
+    assert len(bars["000"]) == 40 and len(bars["001"]) < len(bars["000"]) / 3 + 1
+    assert "70.0%" in ghz
+
+
+def test_results_plot_file_writes_one_figure_per_batch(fake, capsys, tmp_path):
+    fake.on("GET", "/v1/batches/b1/results", (200, results_answer()))
+    png = tmp_path / "b1.png"
+    code, out, err = run(capsys, "results", "b1", "--plot", str(png))
+    assert code == 0 and f"wrote {png}" in err
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    assert "bell (100 shots" in out  # the usual table still goes to stdout
+
+
+def test_results_plot_to_an_unwritable_file_is_a_clear_error(fake, capsys, tmp_path):
+    fake.on("GET", "/v1/batches/b1/results", (200, results_answer()))
+    code, _, err = run(capsys, "results", "b1", "--plot", str(tmp_path / "no" / "dir.png"))
+    assert code == 2 and "cannot write the figure" in err
