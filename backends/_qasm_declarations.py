@@ -26,9 +26,9 @@ _BLANKED = re.compile(r"//[^\n]*|/\*.*?(?:\*/|\Z)|\"[^\"\n]*\"", re.DOTALL)
 _LEADING = re.compile(r"(?:\s+|//[^\n]*|/\*.*?\*/)*", re.DOTALL)
 _HEADER = re.compile(r"OPENQASM\s+(?P<version>[0-9]+(?:\.[0-9]+)?)")
 _NAME = r"[^\W\d]\w*"
-#: OpenQASM 3 (and its legacy qreg/creg forms); "pre" marks a parameter list
+#: OpenQASM 3 (and its legacy qreg/creg forms); one preceded by "(" or "," is a parameter
 _DECLARATION_3 = re.compile(
-    rf"(?P<pre>[(,]\s*)?\b(?:(?P<kind>qubit|bit)(?:\s*\[(?P<size>[^\]]*)\]\s*|\s+)(?P<name>{_NAME})"
+    rf"\b(?:(?P<kind>qubit|bit)(?:\s*\[(?P<size>[^\]]*)\]\s*|\s+)(?P<name>{_NAME})"
     rf"|(?P<legacy>qreg|creg)\s+(?P<legacy_name>{_NAME})\s*(?:\[(?P<legacy_size>[^\]]*)\])?)")
 _DECLARATION_2 = re.compile(r"\b(?P<legacy>qreg|creg)\s+(?P<legacy_name>\w+)\s*"
                             r"\[\s*(?P<legacy_size>[^\]]*)\]")
@@ -110,7 +110,7 @@ def scan(source: str) -> Declarations:
     registers = []
     pattern = _DECLARATION_2 if version == 2 else _DECLARATION_3
     for match in pattern.finditer(text):
-        if match.groupdict().get("pre"):
+        if version == 3 and _after_separator(text, match.start()):
             continue  # a parameter: declares nothing
         legacy = match["legacy"]
         kind_word = legacy or match["kind"]
@@ -129,6 +129,14 @@ def scan(source: str) -> Declarations:
                         version_at=version_at, registers=tuple(registers),
                         hardware_qubits=hardware, hardware_at=hardware_at,
                         statements=text.count(";"))
+
+
+def _after_separator(text: str, offset: int) -> bool:
+    """Whether the first character before ``offset`` that is not a space is ( or ,."""
+    at = offset - 1
+    while at >= 0 and text[at].isspace():
+        at -= 1
+    return at >= 0 and text[at] in "(,"
 
 
 def position(source: str, offset: int) -> tuple[int, int]:

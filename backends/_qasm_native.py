@@ -28,6 +28,7 @@ import re
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable
 from typing import IO
 
 import qiskit.qasm3
@@ -167,36 +168,73 @@ _V2_NAMES = {"CX": "cx", "phase": "p", "cphase": "cp"}
 _V2_RESERVED = frozenset("""OPENQASM include qreg creg gate opaque barrier measure reset if pi
     U CX u3 u2 u1 cx id u0 u p x y z h s sdg t tdg rx ry rz sx sxdg cz cy swap ch ccx cswap
     crx cry crz cu1 cp cu3 csx cu rxx rzz rccx rc3x c3x c3sqrtx c4x""".split())
-_V2_STATEMENT = re.compile(
-    r"\s*(?:(?P<header>OPENQASM\s+3(?:\.[0-9]+)?)|(?P<include>include\s*\"stdgates\.inc\")"
-    r"|(?P<kind>qubit|bit)\s*(?:\[\s*(?P<size>[0-9]+)\s*\]\s*|\s)(?P<name>\w+)"
-    r"|(?P<bits>[^=;]*?)\s*=\s*measure\s+(?P<qubits>[^;]*?)"
-    r"|(?P<gate>\w+)(?P<rest>[^;]*?))\s*;")
+_V2_HEADER = re.compile(r"\A(\s*)OPENQASM\s+3(?:\.[0-9]+)?\s*;")
+#: one statement (without its ";"), found by its keyword
+_V2_DECLARATION = re.compile(r"\s*(qubit|bit)\s*(?:\[\s*([0-9]+)\s*\]\s*|\s)(\w+)\s*")
+_V2_MEASURE = re.compile(r"(\s*)(.*?)\s*=\s*measure\s+(.*?)\s*", re.DOTALL)
+_V2_RENAMED = re.compile(r"(?<![\w.$])(CX|phase|cphase)(?!\w)")
+_V2_NAME = re.compile(r"[a-z][A-Za-z0-9_]*")
 
 
 def to_qasm2(source: str) -> str | None:
-    """``source``'s OpenQASM 2 form, if it is in the subset (None: ask Qiskit's exporter)."""
+    """``source``'s OpenQASM 2 form, if it is in the subset (None: ask Qiskit's exporter).
+
+    The subset's statements are rewritten in place (the text is a gate call unless a
+    declaration, a measurement or the two header lines), so a circuit of thousands of
+    gates costs a few regular-expression passes.
+    """
     rewritten = _prepared(source)
     if rewritten is None:
         return None
-    out = ["OPENQASM 2.0;"]
-    for statement in _V2_STATEMENT.finditer(rewritten):
-        if statement["header"]:
-            continue
-        if statement["include"]:
-            out.append('include "qelib1.inc";')
-        elif statement["kind"]:
-            name = statement["name"]
-            if name in _V2_RESERVED or not re.fullmatch(r"[a-z][A-Za-z0-9_]*", name):
-                return None
-            register = "qreg" if statement["kind"] == "qubit" else "creg"
-            out.append(f"{register} {name}[{statement['size'] or 1}];")
-        elif statement["qubits"] is not None:
-            out.append(f"measure {statement['qubits'].strip()} -> {statement['bits'].strip()};")
-        else:
-            gate = statement["gate"]
-            out.append(f"{_V2_NAMES.get(gate, gate)}{statement['rest']};")
-    return "\n".join(out) + "\n"
+    text = _V2_HEADER.sub(r"\1", rewritten, count=1)
+    text = text.replace('include "stdgates.inc"', 'include "qelib1.inc"')
+    names: list[str] = []
+    text = _each_statement_with(text, "bit", lambda s: _v2_declaration(s, names))
+    if any(name in _V2_RESERVED or not _V2_NAME.fullmatch(name) for name in names):
+        return None
+    text = _each_statement_with(text, "measure", _v2_measurement)
+    if "CX" in text or "phase" in text:
+        text = _V2_RENAMED.sub(lambda m: _V2_NAMES[m[1]], text)
+    return "OPENQASM 2.0;\n" + text.strip() + "\n"
+
+
+def _each_statement_with(text: str, word: str, rewrite: Callable[[str], str]) -> str:
+    """``text`` with each statement that contains ``word`` passed through ``rewrite``.
+
+    Found with str.find (declarations and measurements are few among thousands of gate
+    calls); a statement is what lies between two semicolons (the subset has no others).
+    """
+    out, at = [], 0
+    found = text.find(word)
+    while found != -1:
+        start = text.rfind(";", 0, found) + 1
+        end = text.find(";", found)
+        if end == -1:
+            break
+        if start >= at:
+            out.append(text[at:start])
+            out.append(rewrite(text[start:end]))
+            at = end
+        found = text.find(word, end)
+    out.append(text[at:])
+    return "".join(out)
+
+
+def _v2_declaration(statement: str, names: list[str]) -> str:
+    match = _V2_DECLARATION.fullmatch(statement)
+    if match is None:  # "bit" inside a gate call's operand, e.g. a register "qbits"
+        return statement
+    names.append(match[3])
+    register = "qreg" if match[1] == "qubit" else "creg"
+    lead = statement[:len(statement) - len(statement.lstrip())]
+    return f"{lead}{register} {match[3]}[{match[2] or 1}]"
+
+
+def _v2_measurement(statement: str) -> str:
+    match = _V2_MEASURE.fullmatch(statement)
+    if match is None:
+        return statement
+    return f"{match[1]}measure {match[3]} -> {match[2]}"
 
 
 def _rewritten(source: str) -> str:

@@ -857,11 +857,7 @@ def _grammar_checked(label: str, source: str, unimportable: _Unimportable,
         elif isinstance(node, _AST_OPERATIONS):
             operations += 1
             if isinstance(node, qasm3_ast.QuantumGate) and node.name.name not in gates:
-                span = node.span
-                raise _with_hint(QasmError(
-                    label, f"gate '{node.name.name}' is not defined.",
-                    span.start_line if span else None,
-                    span.start_column + 1 if span else None), source, 3)
+                raise _undefined_gate(label, source, node, program)
         elif isinstance(node, qasm3_ast.Identifier) and node.name.startswith("$"):
             hardware = max(hardware, int(node.name[1:]) + 1 if node.name[1:].isdigit() else 0)
     qubits = max(qubits, hardware)
@@ -882,6 +878,19 @@ def _grammar_checked(label: str, source: str, unimportable: _Unimportable,
                "arities, types and index ranges were not checked; it is sent to the provider "
                "as written",)
     return Checked(label, 3, qubits, clbits, operations, "grammar", digest, skipped)
+
+
+def _undefined_gate(label: str, source: str, call: qasm3_ast.QuantumGate,
+                    program: qasm3_ast.Program) -> QasmError:
+    name = call.name.name
+    span = call.span
+    error = QasmError(label, f"gate '{name}' is not defined.", span.start_line if span else None,
+                      span.start_column + 1 if span else None)
+    if any(isinstance(node, qasm3_ast.SubroutineDefinition) and node.name.name == name
+           for node in program.statements):
+        return QasmError(label, f"{error.reason} '{name}' is a subroutine (def): call it as "
+                         f"{name}(...), not as a gate", error.line, error.column)
+    return _with_hint(error, source, 3)
 
 
 def _ast_gate_names(program: qasm3_ast.Program) -> set[str]:

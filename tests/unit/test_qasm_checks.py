@@ -339,3 +339,10 @@ def test_a_name_openqasm_2_cannot_take_leaves_the_conversion_to_qiskit() -> None
 
 def generated_program() -> str:
     return random_program(random.Random(2), 30, 3, angles="expr")
+
+
+def test_a_subroutine_called_like_a_gate_is_told_how_to_call_it() -> None:
+    source = SUBROUTINE.replace("flip(q[0]);", "flip q[0];")
+    error = _refusal(source, provider_parsed=frozenset({3}))
+    assert "'flip' is a subroutine (def): call it as flip(...)" in error.reason
+    assert error.line == 7
