@@ -84,3 +84,15 @@ bench-roundtrip: $(STAMP)
 DIVI_ARGS ?=
 bench-divi: $(STAMP)
 	$(BIN)/python -m bench.divi_bench $(DIVI_ARGS) --doc docs/benchmarks.md
+
+## bench-submit: the submit path (about 2 minutes on 2 cores): a 332-circuit batch (2,000
+## gates each, half OpenQASM 3) to the fake Qoro, its time to 201 next to Qiskit's own parse
+## time for the same circuits (and the ratio), cost per gate, health p99 during it, RSS
+## growth, then daemon CPU per job for 500 single-circuit OpenQASM 3 batches to the fake
+## IonQ; writes bench/results/submit_bench.json and the "Submission" section of
+## docs/benchmarks.md. SUBMIT_ARGS=--quick for a look.
+.PHONY: bench-submit
+SUBMIT_ARGS ?=
+bench-submit: $(STAMP)
+	$(BIN)/python -m bench.submit_bench $(SUBMIT_ARGS) --doc docs/benchmarks.md \
+		--json bench/results/submit_bench.json
