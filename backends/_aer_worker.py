@@ -92,7 +92,11 @@ class _Simulator:
         from qiskit.transpiler import generate_preset_pass_manager
         from qiskit_aer import AerSimulator
 
-        from qjobd.backends.qasm import load_circuit
+        from qjobd.backends.qasm import enable_native, load_circuit
+
+        # a process of ours with nothing else on its stdout and stderr: Qiskit's native
+        # OpenQASM 3 importer may be used (backends/_qasm_native.py)
+        enable_native()
 
         self._pass_manager = generate_preset_pass_manager
         self._load_circuit = load_circuit
