@@ -10,7 +10,10 @@ next client's Bell circuit behind all of it.
 A worker is a fresh interpreter (``spawn``) that imports Qiskit and the parsers once,
 enables the native importer for itself, limits its own address space (``memory``), and
 then runs tasks received over a pipe: ``(kind, args)`` in, ``("ok", result)`` or
-``("error", exception)`` out. Kinds are the names in :data:`TASKS`, nothing else.
+``("error", exception)`` out. The kinds are a fixed table (``_worker_tasks``): ``check``
+(a chunk of a submission), ``offloaded`` (a parse or conversion the daemon's caches could
+not answer, :func:`qjobd.backends.qasm.set_offload`), and ``sleep`` and ``exit`` (tests:
+a busy worker, a worker that dies).
 
 A task whose requester gives up (a cancelled request, a validation over its time limit,
 SIGTERM) is dropped if it has not started, and its worker is terminated and replaced if
@@ -244,6 +247,15 @@ class ParsePool:
                 task = self._next(slot)
                 if task is None:
                     break
+                process = slot.process
+                if process is None or not process.is_alive():
+                    # died while idle (the OOM killer...): not this task's fault
+                    self._reap(slot)
+                    while slot.conn is None and not self._closed and not self._spawn(slot):
+                        time.sleep(min(5.0, 0.5 * 2 ** self._start_failures))
+                    if slot.conn is None:
+                        task.future.set_exception(ParsePoolClosed("the daemon is stopping"))
+                        continue
                 self._run(slot, task)
             except Exception:  # a bug here must not leave the pool a worker short
                 log.exception("parse worker slot failed; restarting it", slot=slot.index)
@@ -403,13 +415,18 @@ def _worker_tasks() -> dict[str, Callable[..., Any]]:
 
     qasm.enable_native()
     return {"check": validation.check_chunk, "offloaded": qasm.offloaded,
-            "sleep": _sleep}
+            "sleep": _sleep, "exit": _exit}
 
 
 def _sleep(seconds: float) -> float:
     """A task that only takes time (tests: a worker busy on purpose)."""
     time.sleep(seconds)
     return seconds
+
+
+def _exit() -> None:
+    """A task that kills its worker (tests: a worker dying mid-task)."""
+    os._exit(137)
 
 
 def _die_with_parent(parent_pid: int) -> None:

@@ -222,3 +222,39 @@ async def test_a_closed_pool_answers_503_and_stores_nothing(
     assert count_rows(tmp_path / "q.db")["batches"] == 0
     with pytest.raises(ParsePoolClosed):
         await pool.run("sleep", (0.01,))
+
+
+async def test_a_worker_that_died_idle_is_replaced_before_the_next_task(
+        pooled: tuple[httpx.AsyncClient, ParsePool, Store]) -> None:
+    import os
+    import signal
+
+    _, pool, _ = pooled
+    (slot,) = pool._slots
+    assert slot.process is not None
+    os.kill(slot.process.pid, signal.SIGKILL)
+    await asyncio.sleep(0.2)
+    assert await pool.run("sleep", (0.01,)) == 0.01
+    assert pool.stats["died"] == 0
+
+
+async def test_a_circuit_that_kills_its_worker_fails_alone(
+        pooled: tuple[httpx.AsyncClient, ParsePool, Store],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _, pool, _ = pooled
+    killer = BELL3.replace("h q[0];", "h q[0];\n// kill the worker")
+    original = pool._submit
+
+    def submit(kind: str, args: tuple[object, ...], group: object):  # type: ignore[no-untyped-def]
+        if kind == "check" and any("kill the worker" in src for _, src in args[0]):  # type: ignore[index]
+            # a chunk with the killer: the worker "dies" (a task that exits the process)
+            return original("exit", (), group)
+        return original(kind, args, group)
+
+    monkeypatch.setattr(pool, "_submit", submit)
+    checked = validation.check_circuits({"ok": BELL3, "bad": killer, "ok2": BELL2},
+                                        ScriptedBackend("fake", {}), pool=pool)
+    with pytest.raises(validation.CircuitsTooLarge) as caught:
+        await checked
+    (detail,) = caught.value.details
+    assert detail["label"] == "bad" and detail["limit"]["name"] == "parser memory"
