@@ -307,7 +307,12 @@ def offloaded(kind: str, args: tuple[Any, ...]) -> Any:
         return _facts(source, here=True)
     if kind == "convert":
         label, source, versions = args
-        return _converted(label, load_circuit(label, source), versions)[1]
+        circuit = load_circuit(label, source)  # valid, or the error
+        if 2 in versions and 3 not in versions and _native.enabled():
+            wire = _native.to_qasm2(source)  # a valid program in the subset's syntax
+            if wire is not None:
+                return wire
+        return _converted(label, circuit, versions)[1]
     raise ValueError(f"unknown offloaded call {kind!r}")
 
 

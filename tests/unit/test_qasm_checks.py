@@ -346,3 +346,10 @@ def test_a_subroutine_called_like_a_gate_is_told_how_to_call_it() -> None:
     error = _refusal(source, provider_parsed=frozenset({3}))
     assert "'flip' is a subroutine (def): call it as flip(...)" in error.reason
     assert error.line == 7
+
+
+@pytest.mark.usefixtures("native")
+def test_a_conversion_offloaded_to_a_worker_is_written_statement_by_statement() -> None:
+    wire = qasm.offloaded("convert", ("c", BELL3, frozenset({2})))
+    assert wire == _qasm_native.to_qasm2(BELL3)
+    assert wire.startswith('OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[2];')
