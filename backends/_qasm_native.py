@@ -115,8 +115,12 @@ def _prepared(source: str) -> str | None:
     """The source rewritten, comments blanked, if in the subset; else None."""
     if _last and _last[0][0] is source:
         return _last[0][1]
-    rewritten = _COMMENTS.sub(_blank, _rewritten(source))
-    prepared = rewritten if _SUBSET.fullmatch(rewritten) else None
+    blanked = _COMMENTS.sub(_blank, source) if "/" in source else source
+    if _SUBSET.fullmatch(blanked):
+        prepared: str | None = blanked  # float arguments already: nothing to rewrite
+    else:
+        rewritten = _COMMENTS.sub(_blank, _rewritten(source))
+        prepared = rewritten if rewritten != blanked and _SUBSET.fullmatch(rewritten) else None
     _last[:] = [(source, prepared)]
     return prepared
 
@@ -151,7 +155,8 @@ _COMMENTS = re.compile(r"//[^\n]*|/\*.*?\*/", re.DOTALL)
 
 
 def _blank(match: re.Match[str]) -> str:
-    return " " * len(match[0])
+    # newlines kept: the importer's line numbers stay the source's
+    return re.sub(r"[^\n]", " ", match[0])
 
 
 # -- the subset, as OpenQASM 2 -------------------------------------------------------------
