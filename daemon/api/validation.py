@@ -227,7 +227,7 @@ def _check_tags(tags: Any, limits: DaemonConfig) -> None:
 
 #: a chunk of a batch for one worker: big enough that its overhead is small, small enough
 #: that two workers share a batch and other requests get a turn between chunks
-CHUNK_BYTES = 512 * 1024
+CHUNK_BYTES = 256 * 1024
 #: limits whose refusal is a 413 (the request is too big to check), not a 422
 SIZE_LIMITS = frozenset({"operations", "parser memory", "time"})
 
