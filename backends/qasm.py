@@ -845,6 +845,9 @@ def _grammar_checked(label: str, source: str, unimportable: _Unimportable,
     consts: dict[str, int | None] = {}
     qubits = clbits = 0
     for statement in program.statements:
+        if isinstance(statement, qasm3_ast.Include) and statement.filename != "stdgates.inc":
+            # nothing but the standard library can be read where the program is sent
+            raise unimportable.error
         if isinstance(statement, qasm3_ast.ConstantDeclaration) and isinstance(
                 statement.type, qasm3_ast.IntType | qasm3_ast.UintType):
             consts[statement.identifier.name] = _ast_int(statement.init_expression, consts)

@@ -353,3 +353,9 @@ def test_a_conversion_offloaded_to_a_worker_is_written_statement_by_statement() 
     wire = qasm.offloaded("convert", ("c", BELL3, frozenset({2})))
     assert wire == _qasm_native.to_qasm2(BELL3)
     assert wire.startswith('OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[2];')
+
+
+def test_a_provider_parsed_program_may_include_only_the_standard_library() -> None:
+    source = SUBROUTINE.replace('include "stdgates.inc";', 'include "mine.inc";')
+    error = _refusal(source, provider_parsed=frozenset({3}))
+    assert error.reason == "non-stdgates imports not currently supported"
