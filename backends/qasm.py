@@ -848,6 +848,13 @@ def _grammar_checked(label: str, source: str, unimportable: _Unimportable,
         if isinstance(statement, qasm3_ast.Include) and statement.filename != "stdgates.inc":
             # nothing but the standard library can be read where the program is sent
             raise unimportable.error
+        if isinstance(statement, qasm3_ast.IODeclaration) and \
+                statement.io_identifier is qasm3_ast.IOKeyword.input:
+            span = statement.span
+            raise QasmError(label, f"the program has an input ({statement.identifier.name}) "
+                            "and a batch gives no values for inputs",
+                            span.start_line if span else None,
+                            span.start_column + 1 if span else None)
         if isinstance(statement, qasm3_ast.ConstantDeclaration) and isinstance(
                 statement.type, qasm3_ast.IntType | qasm3_ast.UintType):
             consts[statement.identifier.name] = _ast_int(statement.init_expression, consts)

@@ -359,3 +359,9 @@ def test_a_provider_parsed_program_may_include_only_the_standard_library() -> No
     source = SUBROUTINE.replace('include "stdgates.inc";', 'include "mine.inc";')
     error = _refusal(source, provider_parsed=frozenset({3}))
     assert error.reason == "non-stdgates imports not currently supported"
+
+
+def test_a_provider_parsed_program_with_an_input_is_refused() -> None:
+    source = SUBROUTINE.replace("const int n = 3;", "const int n = 3;\ninput angle theta;")
+    error = _refusal(source, provider_parsed=frozenset({3}))
+    assert "input (theta)" in error.reason and error.line == 4
