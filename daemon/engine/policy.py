@@ -183,6 +183,10 @@ RULES: tuple[Rule, ...] = (
     # the job may or may not exist remotely now: find out before any resubmission
     Rule(Step.CREATE, BackendError, Action.RECONCILE, Wait.FIRST,
          say="submission outcome unknown; will reconcile"),
+    # a cancel or a timeout ended the job before its submitter stored the intent: nothing
+    # was sent, the store's word is taken, and that is no error
+    Rule(Step.SUBMIT, JobEnded, Action.RESYNC, say="job ended before it was submitted",
+         level="debug"),
     Rule(Step.SUBMIT, IllegalTransition, Action.RESYNC,
          say="job changed under the submitter", level="error"),
     Rule(Step.SUBMIT, StoreError, Action.RETRY_LATER, Wait.MAX,
