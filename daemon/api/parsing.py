@@ -191,6 +191,10 @@ class ParsePool:
         """Run one task from a thread that is not the event loop's, and wait for it."""
         return self.submit(kind, args).result()
 
+    def offload(self, kind: str, args: tuple[Any, ...]) -> Any:
+        """``qasm.offloaded(kind, args)`` in a worker: what :func:`qasm.set_offload` takes."""
+        return self.call("offloaded", (kind, args))
+
     # -- inside ----------------------------------------------------------------------------
 
     def _submit(self, kind: str, args: tuple[Any, ...], group: object) -> _Task:

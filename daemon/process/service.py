@@ -144,7 +144,7 @@ class _Service:
                            memory=config.daemon.parse_worker_memory or None)
         parser.start()
         # no parse in this process, even on a cache miss: the worker runs qasm.offloaded
-        qasm.set_offload(lambda kind, args: parser.call("offloaded", (kind, args)))
+        qasm.set_offload(parser.offload)
         try:
             sup.say("starting backends")
             async with started_backends(config) as backends:

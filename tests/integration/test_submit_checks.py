@@ -258,3 +258,18 @@ async def test_a_circuit_that_kills_its_worker_fails_alone(
         await checked
     (detail,) = caught.value.details
     assert detail["label"] == "bad" and detail["limit"]["name"] == "parser memory"
+
+
+async def test_the_daemons_cache_misses_are_answered_by_a_worker(
+        pooled: tuple[httpx.AsyncClient, ParsePool, Store],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _, pool, _ = pooled
+    qasm._FACTS.clear()
+    qasm._WIRE.clear()
+    monkeypatch.setattr(qasm, "_offload", pool.offload)  # as the service sets it
+    monkeypatch.setattr(qasm, "_load", lambda *a: pytest.fail("parsed in the daemon"))
+    source = BELL3.replace("cx", "cy")
+    parsed = await asyncio.to_thread(qasm.parse_circuit, "c", source)
+    assert (parsed.num_qubits, parsed.num_clbits) == (2, 2)
+    wire = await asyncio.to_thread(qasm.convert, parsed, frozenset({2}))
+    assert wire.startswith("OPENQASM 2.0;")
