@@ -1,0 +1,186 @@
+"""The floor under qjobd's CPU per job: the same HTTP work done by bare programs.
+
+A job submitted to IonQ through qjobd costs the daemon at least what its HTTP work costs
+on the design card's stack with nothing else around it. Two bare programs measure that on
+the same machine, in the same run as the daemon:
+
+- **provider side**: one ``httpx.AsyncClient`` does for each job what qjobd's IonQ backend
+  does on the wire: ``POST /jobs`` (the same body), ``GET /jobs?ids=...`` in groups of up
+  to 25 until the job is terminal (the daemon's batched polls), then ``GET`` of the
+  histogram artifact, each answer decoded as JSON. Its own process CPU per job.
+- **API side**: uvicorn on a Unix socket (h11, the options qjobd's server uses) with a
+  Starlette app of two routes, ``POST /v1/batches`` (reads the JSON body, answers 201)
+  and ``GET /v1/batches/{id}/wait`` (answers the batch as JSON): the server process's
+  CPU per submit + wait pair, the client making them one after the other as the bench's.
+
+No store, no validation, no engine: the sum is what any daemon on httpx, uvicorn and
+Starlette spends per job before it does anything of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+GROUP = 25
+BELL3 = ('OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\nh q[0];\n'
+         'cx q[0], q[1];\nrz({angle}) q[1];\nc = measure q;\n')
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# -- provider side -----------------------------------------------------------------------
+
+async def _provider_jobs(base_url: str, api_key: str, jobs: int) -> float:
+    """CPU seconds of this process for ``jobs`` create + poll + artifact lifecycles."""
+    headers = {"Authorization": f"apiKey {api_key}"}
+    async with httpx.AsyncClient(base_url=base_url.rstrip("/") + "/", headers=headers,
+                                 limits=httpx.Limits(max_connections=8,
+                                                     max_keepalive_connections=8),
+                                 timeout=30) as client:
+        await client.get("jobs", params={"limit": 1})  # the connection, before the clock
+        started = _cpu()
+        pending: list[str] = []
+        for i in range(jobs):
+            body = {"backend": "simulator", "type": "ionq.qasm3.v1",
+                    "input": {"data": BELL3.format(angle=f"{0.001 * i:.6f}")},
+                    "shots": 1000, "name": f"b{i}",
+                    "metadata": {"qjobd_key": uuid.uuid4().hex, "qjobd_label": f"b{i}"}}
+            response = await client.post("jobs", json=body)
+            response.raise_for_status()
+            pending.append(response.json()["id"])
+        while pending:
+            done: list[dict[str, Any]] = []
+            for at in range(0, len(pending), GROUP):
+                group = pending[at:at + GROUP]
+                params: list[tuple[str, str | int]] = [("ids", j) for j in group]
+                params.append(("limit", len(group)))
+                response = await client.get("jobs", params=params)
+                response.raise_for_status()
+                done += [j for j in response.json()["jobs"]
+                         if j["status"] in ("completed", "failed", "canceled")]
+            for job in done:
+                pending.remove(job["id"])
+                for descriptor in (job.get("results") or {}).values():
+                    if descriptor.get("format", "").startswith("ionq.result.histogram"):
+                        r = await client.get(f"jobs/{job['id']}/artifacts/{descriptor['id']}")
+                        r.raise_for_status()
+                        r.json()
+            if pending:
+                await asyncio.sleep(0.2)  # as the daemon's initial poll interval
+        return _cpu() - started
+
+
+def provider_floor_ms(base_url: str, api_key: str, jobs: int) -> float:
+    """Bare httpx CPU (ms) per job lifecycle against the IonQ API at ``base_url``."""
+    out = subprocess.run([sys.executable, "-m", "bench.job_floor", "--provider", base_url,
+                          "--jobs", str(jobs)], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "FLOOR_IONQ_KEY": api_key}, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f"the bare provider client failed: {out.stderr[-2000:]}")
+    return float(json.loads(out.stdout)["cpu_ms_per_job"])
+
+
+# -- API side ----------------------------------------------------------------------------
+
+def _api_app() -> Any:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    batches: dict[str, dict[str, Any]] = {}
+
+    async def submit(request: Request) -> JSONResponse:
+        body = json.loads(await request.body())
+        batch_id = uuid.uuid4().hex
+        batches[batch_id] = {"id": batch_id, "state": "completed", "backend": body["backend"],
+                             "circuits": sorted(body["circuits"]), "created_at": time.time()}
+        return JSONResponse(batches[batch_id], status_code=201)
+
+    async def wait(request: Request) -> JSONResponse:
+        return JSONResponse(batches[request.path_params["batch_id"]])
+
+    return Starlette(routes=[Route("/v1/batches", submit, methods=["POST"]),
+                             Route("/v1/batches/{batch_id}/wait", wait)])
+
+
+def _serve_api(socket_path: str) -> None:
+    import uvicorn
+    config = uvicorn.Config(_api_app(), uds=socket_path, http="h11", lifespan="off",
+                            log_config=None, access_log=False, server_header=False,
+                            date_header=False)
+    uvicorn.Server(config).run()
+
+
+def api_floor_ms(jobs: int) -> float:
+    """Bare uvicorn + Starlette CPU (ms) per submit + wait pair on a Unix socket."""
+    with tempfile.TemporaryDirectory(prefix="qjobd-floor-") as tmp:
+        sock = Path(tmp) / "api.sock"
+        server = subprocess.Popen([sys.executable, "-m", "bench.job_floor", "--api-server",
+                                   str(sock)], cwd=ROOT)
+        try:
+            deadline = time.monotonic() + 30
+            while not sock.exists():
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the bare API server did not start")
+                time.sleep(0.05)
+            transport = httpx.HTTPTransport(uds=str(sock))
+            with httpx.Client(transport=transport, base_url="http://qjobd", timeout=30) as c:
+                def pair(i: int) -> None:
+                    r = c.post("/v1/batches", json={"backend": "ionq", "circuits": {
+                        f"b{i}": BELL3.format(angle=f"{0.001 * i:.6f}")}})
+                    assert r.status_code == 201, r.text
+                    c.get(f"/v1/batches/{r.json()['id']}/wait", params={"timeout": 60})
+                for i in range(20):
+                    pair(i)
+                before = proc_cpu(server.pid)
+                for i in range(jobs):
+                    pair(1000 + i)
+                return (proc_cpu(server.pid) - before) / jobs * 1000
+        finally:
+            server.terminate()
+            server.wait(10)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--provider", metavar="BASE_URL", help="run the bare provider client")
+    parser.add_argument("--api-server", metavar="SOCKET", help="serve the bare API")
+    parser.add_argument("--jobs", type=int, default=500)
+    args = parser.parse_args(argv)
+    if args.api_server:
+        _serve_api(args.api_server)
+        return 0
+    if args.provider:
+        cpu = asyncio.run(_provider_jobs(args.provider, os.environ["FLOOR_IONQ_KEY"],
+                                         args.jobs))
+        print(json.dumps({"cpu_ms_per_job": cpu / args.jobs * 1000}))
+        return 0
+    parser.error("say --provider or --api-server (bench.submit_bench runs both)")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
