@@ -3,6 +3,9 @@
 Lookup order for the file: ``--config``, else ``$QJOBD_CONFIG``, else
 ``/etc/qjobd/qjobd.toml`` if present, else built-in defaults. ``QJOBD_SOCKET`` and
 ``QJOBD_DATABASE`` override those two settings whatever the file says.
+
+``[daemon] database`` is a path (an SQLite file) or a ``postgresql://USER@HOST/DB`` URL
+(the store in PostgreSQL; its password from ``$PGPASSWORD`` or ``~/.pgpass``, never here).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from qjobd.errors import QjobdError
+from qjobd.store.factory import is_url, mask_url
 
 SYSTEM_CONFIG = Path("/etc/qjobd/qjobd.toml")
 
@@ -47,7 +51,8 @@ def default_database_path() -> Path:
 @dataclass(frozen=True, slots=True)
 class DaemonConfig:
     socket: Path
-    database: Path
+    #: an SQLite file, or a PostgreSQL URL (a str starting with postgresql://)
+    database: Path | str
     socket_mode: int = 0o660
     #: largest accepted request body, bytes
     max_request_bytes: int = 64 * 1024 * 1024
@@ -131,7 +136,9 @@ class Config:
         """The effective configuration, as ``check-config`` prints it."""
         out = asdict(self)
         out["daemon"]["socket"] = str(self.daemon.socket)
-        out["daemon"]["database"] = str(self.daemon.database)
+        out["daemon"]["database"] = (mask_url(self.daemon.database)
+                                     if isinstance(self.daemon.database, str)
+                                     else str(self.daemon.database))
         out["daemon"]["socket_mode"] = f"{self.daemon.socket_mode:04o}"
         return out
 
@@ -218,7 +225,8 @@ def parse_config(raw: Mapping[str, Any], *, source: str = "built-in defaults") -
                           f"got {retention_interval!r}")
     daemon = DaemonConfig(
         socket=Path(socket) if socket else default_socket_path(),
-        database=Path(database) if database else default_database_path(),
+        database=(database if is_url(database) else Path(database)) if database
+        else default_database_path(),
         socket_mode=mode,
         max_request_bytes=int(max_bytes),
         label_pattern=label_pattern,

@@ -529,19 +529,27 @@ def _refresh_batch(conn: sqlite3.Connection, batch_id: str, now: float) -> JobSt
                        (batch_id,)).fetchone()
     counts = {JobState(state): n for state, n in conn.execute(
         "SELECT state, n FROM batch_job_counts WHERE batch_id = ? AND n > 0", (batch_id,))}
-    new = batch_state(counts, cancel_requested=bool(row[1]))
+    new, error = batch_outcome(counts, cancel_requested=bool(row[1]))
     if new != row[0]:
-        error = None
-        if new.terminal and new != JobState.COMPLETED:
-            total = sum(counts.values())
-            failed = total - counts.get(JobState.COMPLETED, 0)
-            error = f"{failed} of {total} job(s) did not complete"
         conn.execute(
             "UPDATE batches SET state = ?, updated_at = ?, error = ?, finished_at = ? "
             "WHERE id = ?",
             (new, now, error, now if new.terminal else None, batch_id))
         _event(conn, now, batch_id, None, "batch_state", new, None)
     return new
+
+
+def batch_outcome(counts: Mapping[JobState, int], *,
+                  cancel_requested: bool) -> tuple[JobState, str | None]:
+    """A batch's state from its jobs' counts by state, and its error if it ended badly
+    (shared with store/postgres.py)."""
+    new = batch_state(counts, cancel_requested=cancel_requested)
+    error = None
+    if new.terminal and new != JobState.COMPLETED:
+        total = sum(counts.values())
+        failed = total - counts.get(JobState.COMPLETED, 0)
+        error = f"{failed} of {total} job(s) did not complete"
+    return new, error
 
 
 def _dumps(value: Any) -> str:

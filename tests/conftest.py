@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from qjobd.daemon.config import parse_config
 from qjobd.daemon.engine.scheduler import Scheduler
 from qjobd.daemon.process.wiring import wire
 from qjobd.store.store import Store
+from qjobd.testing.postgres import PostgresNotFound, PostgresServer, find_bindir
 from qjobd.testing.scripted import ScriptedBackend
 
 BELL2 = """OPENQASM 2.0;
@@ -162,3 +164,37 @@ async def daemon(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterato
         for backend in backends.values():
             await backend.aclose()
         await store.close()
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------
+
+def _no_postgres(why: str) -> None:
+    """Skip, saying why; under CI (env CI set), fail: there the PostgreSQL tests must run."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{why} (CI is set: the PostgreSQL tests must not skip)", pytrace=False)
+    pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server for the whole session (qjobd/testing/postgres.py)."""
+    try:
+        import psycopg  # noqa: F401
+        import psycopg_pool  # noqa: F401
+    except ImportError as exc:
+        _no_postgres(f"psycopg is not installed ({exc.name}): install qjobd's extra "
+                     "'postgresql'")
+    try:
+        bindir = find_bindir()
+    except PostgresNotFound as exc:
+        _no_postgres(str(exc))
+    with PostgresServer(bindir=bindir) as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A fresh, empty database of the test's own on the session's server; its URL."""
+    url = postgres_server.create_database()
+    yield url
+    postgres_server.drop_database(url.rsplit("/", 1)[1])

@@ -24,7 +24,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -43,7 +43,10 @@ from qjobd.daemon.process.watchdog import Progress, Supervisor, status_line, sup
 from qjobd.daemon.process.wiring import wire
 from qjobd.errors import QjobdError
 from qjobd.store import retention
-from qjobd.store.store import Store
+from qjobd.store.factory import is_url, mask_url, open_store, url_password
+
+if TYPE_CHECKING:
+    from qjobd.store.factory import AnyStore
 
 log = structlog.get_logger("qjobd")
 
@@ -56,8 +59,15 @@ RESTART_ONLY = ("socket", "database", "socket_mode")
 
 
 @contextlib.contextmanager
-def exclusive(database: Path) -> Iterator[None]:
-    """Hold a lock beside the database: two daemons on one store would submit jobs twice."""
+def exclusive(database: Path | str) -> Iterator[None]:
+    """Hold a lock beside the database: two daemons on one store would submit jobs twice.
+
+    A PostgreSQL database has no file to lock beside: the store takes a lock in the
+    database itself (store/postgres.py).
+    """
+    if isinstance(database, str):
+        yield
+        return
     database.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(f"{database}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -136,8 +146,13 @@ class _Service:
     async def _serve(self) -> None:
         config, sup = self.config, self.supervisor
         sup.say("opening the store")
-        store = await Store.open(config.daemon.database)
-        log.info("store open", database=str(config.daemon.database))
+        database = config.daemon.database
+        if is_url(database):
+            assert isinstance(database, str)
+            logs.add_secrets([url_password(database) or ""])
+        store = await open_store(database, exclusive=True)
+        log.info("store open", database=mask_url(database) if isinstance(database, str)
+                 else str(database))
         # the parse workers start now, in the background: they import Qiskit while the
         # backends start; a submission that comes before they are ready waits for them
         parser = ParsePool(config.daemon.parse_workers or None,
@@ -155,7 +170,7 @@ class _Service:
             await store.close()
             log.info("stopped")
 
-    async def _run(self, store: Store, backends: dict[str, Backend], parser: ParsePool) -> None:
+    async def _run(self, store: AnyStore, backends: dict[str, Backend], parser: ParsePool) -> None:
         config, sup = self.config, self.supervisor
         daemon = wire(config, store, backends, parser)
         scheduler = daemon.scheduler

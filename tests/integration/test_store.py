@@ -1,4 +1,10 @@
-"""The SQLite store, on real database files: what it keeps, and what it promises about it."""
+"""The store, on real databases: what it keeps, and what it promises about it.
+
+Every test taking ``store`` or ``database`` runs twice: on an SQLite file and on a
+PostgreSQL database of its own (a throwaway server the suite starts, tests/conftest.py).
+The tests of SQLite's own machinery (pragmas, corrupt files, a full disk) take
+``sqlite_store`` or ``db_path``; PostgreSQL's migrations have tests of their own.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,11 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import anyio
 import pytest
 
 import qjobd.store.store as store_module
@@ -23,15 +30,65 @@ from qjobd.store.errors import (
     StoreError,
     StoreUnavailable,
 )
+from qjobd.store.factory import open_store
 from qjobd.store.models import CircuitRecord, NewBatch
-from qjobd.store.schema import MIGRATIONS
+from qjobd.store.schema import MIGRATIONS, POSTGRES_MIGRATIONS
 from qjobd.store.states import IllegalTransition, JobState
 from qjobd.store.store import Store
+
+if TYPE_CHECKING:
+    from qjobd.store.factory import AnyStore
 
 Q, SING, SUB, RUN = JobState.QUEUED, JobState.SUBMITTING, JobState.SUBMITTED, JobState.RUNNING
 DONE, FAIL, CANC, TIME = (JobState.COMPLETED, JobState.FAILED, JobState.CANCELED,
                           JobState.TIMED_OUT)
 TABLES = ("batches", "jobs", "circuits", "results", "events")
+
+
+# -- the two stores ------------------------------------------------------------------------
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, db_path: Path) -> Path | str:
+    """Where the test's store lives: an SQLite file's path or a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return db_path
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+async def store(database: Path | str) -> AsyncIterator[AnyStore]:
+    s = await open_store(database)
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def sqlite_store(db_path: Path) -> AsyncIterator[Store]:
+    s = await Store.open(db_path)
+    yield s
+    await s.close()
+
+
+def is_sqlite(store: Any) -> bool:
+    return isinstance(store, Store)
+
+
+async def rows(store: Any, sql: str) -> list[tuple[Any, ...]]:
+    """A query's rows through the store's own reader."""
+    if is_sqlite(store):
+        return [tuple(r) for r in await store._reader.execute_fetchall(sql)]
+    return await store.fetchall(sql)
+
+
+def committed(database: Path | str, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """A query (``?`` placeholders) on an independent connection: only what was committed."""
+    if isinstance(database, Path):
+        with plain(database) as conn:
+            return conn.execute(sql, args).fetchall()
+    import psycopg
+
+    with psycopg.connect(database) as conn:
+        return [tuple(r) for r in conn.execute(sql.replace("?", "%s"), args).fetchall()]
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -58,13 +115,11 @@ async def walk(store: Store, job_id: str, *targets: JobState, **changes: Any) ->
 
 async def snapshot(store: Store) -> dict[str, list[Any]]:
     """Every row of every table, as the reader sees it."""
-    return {t: list(await store._reader.execute_fetchall(f"SELECT * FROM {t} ORDER BY 1, 2"))
-            for t in TABLES}
+    return {t: await rows(store, f"SELECT * FROM {t} ORDER BY 1, 2") for t in TABLES}
 
 
 async def counts(store: Store) -> dict[str, int]:
-    return {t: (await store._reader.execute_fetchall(f"SELECT count(*) FROM {t}"))[0][0]
-            for t in TABLES}
+    return {t: (await rows(store, f"SELECT count(*) FROM {t}"))[0][0] for t in TABLES}
 
 
 @contextlib.contextmanager
@@ -94,23 +149,33 @@ class Gate:
     """A write that holds the writer inside a transaction until released, so that the
     writes issued meanwhile are known to form the next group."""
 
-    def __init__(self, store: Store) -> None:
-        # write ops run on the connection's thread: block it there, signal the loop
-        self.entered, self.released = asyncio.Event(), threading.Event()
+    def __init__(self, store: AnyStore) -> None:
+        self.entered = asyncio.Event()
+        self._released, self._async_released = threading.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
 
         def op(conn: Any) -> None:
+            # SQLite's write ops run on the connection's thread: block it there
             loop.call_soon_threadsafe(self.entered.set)
-            self.released.wait(timeout=30)
+            self._released.wait(timeout=30)
 
-        self.task = asyncio.create_task(store.write(op))
+        async def pg_op(conn: Any) -> None:
+            self.entered.set()
+            with anyio.fail_after(30):
+                await self._async_released.wait()
+
+        self.task = asyncio.create_task(store.write(op if is_sqlite(store) else pg_op))
+
+    def release(self) -> None:
+        self._released.set()
+        self._async_released.set()
 
     async def __aenter__(self) -> Gate:
         await self.entered.wait()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self.released.set()
+        self.release()
         await self.task
 
 
@@ -123,7 +188,9 @@ async def test_open_creates_the_database_file_and_missing_directories(tmp_path):
     assert path.is_file()
 
 
-async def test_both_connections_use_wal_full_sync_foreign_keys_and_a_busy_timeout(store):
+async def test_both_connections_use_wal_full_sync_foreign_keys_and_a_busy_timeout(
+        sqlite_store):
+    store = sqlite_store
     for conn in (store._wconn, store._reader):
         assert (await conn.execute_fetchall("PRAGMA journal_mode"))[0][0] == "wal"
         assert (await conn.execute_fetchall("PRAGMA synchronous"))[0][0] == 2  # FULL
@@ -133,7 +200,7 @@ async def test_both_connections_use_wal_full_sync_foreign_keys_and_a_busy_timeou
     assert (await store._wconn.execute_fetchall("PRAGMA query_only"))[0][0] == 0
 
 
-async def test_a_new_database_is_migrated_to_the_latest_schema(store, db_path):
+async def test_a_new_database_is_migrated_to_the_latest_schema(sqlite_store, db_path):
     with plain(db_path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # stored in the file
@@ -259,6 +326,129 @@ async def test_a_file_that_is_not_a_database_is_refused_as_corrupt(db_path, cont
     assert "refusing to run on it" in str(info.value)
     assert db_path.read_bytes() == content  # left for the operator to inspect
     await assert_no_thread_left(before)
+
+
+# -- PostgreSQL: its schema, its lock, its URL ---------------------------------------------
+
+def _pg_tables(url: str) -> dict[str, list[str]]:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        out: dict[str, list[str]] = {}
+        for table, column in conn.execute(
+                "SELECT table_name, column_name FROM information_schema.columns "
+                "WHERE table_schema = 'public' ORDER BY table_name, ordinal_position"):
+            out.setdefault(table, []).append(column)
+        return out
+
+
+async def test_postgresql_a_new_database_is_migrated_and_reopening_keeps_the_data(postgres_url):
+    s = await open_store(postgres_url)
+    batch, _ = await s.create_batch(new_batch())
+    await s.close()
+
+    s = await open_store(postgres_url)  # re-running step 1 would fail: its tables exist
+    try:
+        assert await s.get_batch(batch.id) == batch
+        assert await rows(s, "SELECT version FROM qjobd_schema") == [
+            (len(POSTGRES_MIGRATIONS),)]
+    finally:
+        await s.close()
+    assert set(TABLES) <= set(_pg_tables(postgres_url))
+
+
+async def test_postgresql_a_new_migration_step_is_applied_once(postgres_url, monkeypatch):
+    s = await open_store(postgres_url)
+    batch, _ = await s.create_batch(new_batch())
+    await s.close()
+
+    monkeypatch.setattr("qjobd.store.postgres.POSTGRES_MIGRATIONS",
+                        [*POSTGRES_MIGRATIONS, "CREATE TABLE extra (x INTEGER)"])
+    for _ in range(2):  # the second open must not try to create the table again
+        s = await open_store(postgres_url)
+        await s.close()
+    assert committed(postgres_url, "SELECT version FROM qjobd_schema") == [
+        (len(POSTGRES_MIGRATIONS) + 1,)]
+    assert committed(postgres_url, "SELECT count(*) FROM extra") == [(0,)]
+    assert committed(postgres_url, "SELECT id FROM batches") == [(batch.id,)]
+
+
+async def test_postgresql_a_failing_migration_step_changes_nothing(postgres_url, monkeypatch):
+    s = await open_store(postgres_url)
+    await s.close()
+    broken = "CREATE TABLE extra (x INTEGER); CREATE TABLE batches (y INTEGER);"
+    monkeypatch.setattr("qjobd.store.postgres.POSTGRES_MIGRATIONS",
+                        [*POSTGRES_MIGRATIONS, broken])
+
+    with pytest.raises(StoreError, match=f"migration {len(POSTGRES_MIGRATIONS) + 1} failed"):
+        await open_store(postgres_url)
+
+    assert committed(postgres_url, "SELECT version FROM qjobd_schema") == [
+        (len(POSTGRES_MIGRATIONS),)]
+    assert "extra" not in _pg_tables(postgres_url)
+
+
+async def test_postgresql_a_database_from_a_newer_qjobd_is_refused_untouched(postgres_url):
+    import psycopg
+
+    with psycopg.connect(postgres_url) as conn:
+        conn.execute("CREATE TABLE qjobd_schema (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO qjobd_schema VALUES (%s)", (len(POSTGRES_MIGRATIONS) + 1,))
+
+    with pytest.raises(SchemaTooNew,
+                       match=f"schema version {len(POSTGRES_MIGRATIONS) + 1} is newer"):
+        await open_store(postgres_url)
+
+    assert set(_pg_tables(postgres_url)) == {"qjobd_schema"}
+
+
+async def test_the_two_schemas_have_the_same_tables_and_columns(sqlite_store, postgres_url):
+    s = await open_store(postgres_url)
+    await s.close()
+    pg = _pg_tables(postgres_url)
+    lite = {t: [r[1] for r in await rows(sqlite_store, f"PRAGMA table_info({t})")]
+            for (t,) in await rows(sqlite_store, "SELECT name FROM sqlite_schema WHERE "
+                                                 "type = 'table' AND name NOT LIKE 'sqlite_%'")}
+    # what only PostgreSQL has so far: the schema's version (SQLite's user_version) and
+    # what several daemons on one database will need
+    assert pg.pop("qjobd_schema") == ["version"]
+    assert pg.pop("nodes") == ["name", "started_at", "heartbeat_at", "detail"]
+    pg["jobs"] = [c for c in pg["jobs"] if not c.startswith("lease_")]
+    assert {t: sorted(c) for t, c in pg.items()} == {t: sorted(c) for t, c in lite.items()}
+    import psycopg
+
+    with psycopg.connect(postgres_url) as conn:
+        pg_indexes = {r[0] for r in conn.execute(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = 'public' "
+            "AND indexname NOT LIKE '%_pkey' AND indexname NOT LIKE '%_key'")}
+    lite_indexes = {r[0] for r in await rows(
+        sqlite_store, "SELECT name FROM sqlite_schema WHERE type = 'index' "
+                      "AND name NOT LIKE 'sqlite_autoindex%'")}
+    assert pg_indexes == lite_indexes
+
+
+async def test_postgresql_one_database_is_served_by_one_daemon(postgres_url):
+    from qjobd.store.postgres import PostgresStore
+
+    first = await open_store(postgres_url, exclusive=True)
+    try:
+        with pytest.raises(StoreUnavailable, match="another qjobd is already serving"):
+            await PostgresStore.open(postgres_url, exclusive=True, lock_wait=0.3)
+        other = await open_store(postgres_url)  # a tool's own, not a daemon's
+        await other.close()
+    finally:
+        await first.close()
+    again = await open_store(postgres_url, exclusive=True)  # released with the first
+    await again.close()
+
+
+async def test_postgresql_a_password_in_the_url_is_never_shown(postgres_server):
+    # nothing listens on port 1: the connection fails, and its error names the database
+    url = "postgresql://qjobd:s3cret-pass@127.0.0.1:1/qjobd"
+    with pytest.raises(StoreUnavailable) as info:
+        await open_store(url, exclusive=True)
+    assert "s3cret-pass" not in str(info.value)
+    assert "postgresql://qjobd:***@127.0.0.1:1/qjobd" in str(info.value)
 
 
 # -- creating batches ---------------------------------------------------------------------
@@ -528,11 +718,15 @@ async def test_a_failing_write_does_not_roll_back_the_others_in_its_group(store)
         conn.execute("INSERT INTO events (ts, kind) VALUES (0, 'half-done')")
         raise RuntimeError("the op failed halfway")
 
+    async def pg_broken(conn: Any) -> None:
+        await conn.execute("INSERT INTO events (ts, kind) VALUES (0, 'half-done')")
+        raise RuntimeError("the op failed halfway")
+
     async with Gate(store):
         commits = store.writer.stats.commits
         tasks = [asyncio.create_task(store.transition(j, SING)) for j in ok[:3]]
         tasks.append(asyncio.create_task(store.transition(bad, SUB)))  # queued -> submitted
-        tasks.append(asyncio.create_task(store.write(broken)))
+        tasks.append(asyncio.create_task(store.write(broken if is_sqlite(store) else pg_broken)))
         tasks += [asyncio.create_task(store.transition(j, SING)) for j in ok[3:]]
         await asyncio.sleep(0)
         assert store.writer.backlog == len(tasks)
@@ -548,21 +742,19 @@ async def test_a_failing_write_does_not_roll_back_the_others_in_its_group(store)
     assert kinds.count("job_state") == 5 and "half-done" not in kinds
 
 
-async def test_an_acknowledged_write_is_committed(store, db_path):
+async def test_an_acknowledged_write_is_committed(store, database):
     batch, _ = await store.create_batch(new_batch(("a",)))
-    with plain(db_path) as conn:
-        assert conn.execute("SELECT state FROM batches WHERE id = ?",
-                            (batch.id,)).fetchone() == ("queued",)
+    assert committed(database, "SELECT state FROM batches WHERE id = ?",
+                     (batch.id,)) == [("queued",)]
 
     await walk(store, batch.jobs[0].id, SING, SUB, remote_id="r-1")
 
-    with plain(db_path) as conn:
-        assert conn.execute("SELECT state, remote_id FROM jobs WHERE id = ?",
-                            (batch.jobs[0].id,)).fetchone() == ("submitted", "r-1")
+    assert committed(database, "SELECT state, remote_id FROM jobs WHERE id = ?",
+                     (batch.jobs[0].id,)) == [("submitted", "r-1")]
 
 
-async def test_close_finishes_the_queued_writes_and_answers_their_callers(db_path):
-    s = await Store.open(db_path)
+async def test_close_finishes_the_queued_writes_and_answers_their_callers(database):
+    s = await open_store(database)
     batch, _ = await s.create_batch(new_batch(("a",)))
     creates = [asyncio.create_task(s.create_batch(new_batch(name=f"n{i}"))) for i in range(5)]
     move = asyncio.create_task(s.transition(batch.jobs[0].id, SING))
@@ -573,7 +765,7 @@ async def test_close_finishes_the_queued_writes_and_answers_their_callers(db_pat
     answers = [t.result() for t in creates]  # answered, though the store closed meanwhile
     assert [(b.name, created) for b, created in answers] == [(f"n{i}", True) for i in range(5)]
     assert move.result() == SING
-    s = await Store.open(db_path)
+    s = await open_store(database)
     try:
         for b, _ in answers:
             assert await s.get_batch(b.id) == b
@@ -583,8 +775,8 @@ async def test_close_finishes_the_queued_writes_and_answers_their_callers(db_pat
         await s.close()
 
 
-async def test_writes_after_close_are_refused(db_path):
-    s = await Store.open(db_path)
+async def test_writes_after_close_are_refused(database):
+    s = await open_store(database)
     batch, _ = await s.create_batch(new_batch(("a",)))
     await s.close()
     await s.close()  # closing twice is harmless
@@ -595,8 +787,8 @@ async def test_writes_after_close_are_refused(db_path):
         await s.transition(batch.jobs[0].id, SING)
 
 
-async def test_a_cancelled_writer_fails_its_callers_instead_of_stranding_them(db_path):
-    s = await Store.open(db_path)
+async def test_a_cancelled_writer_fails_its_callers_instead_of_stranding_them(database):
+    s = await open_store(database)
     batch, _ = await s.create_batch(new_batch(("a",)))
     gate = Gate(s)
     await gate.entered.wait()
@@ -606,7 +798,7 @@ async def test_a_cancelled_writer_fails_its_callers_instead_of_stranding_them(db
     assert s._writer_task is not None
     s._writer_task.cancel()
     # the gate's op is running on the connection's thread, where nothing can interrupt it
-    gate.released.set()
+    gate.release()
 
     async with asyncio.timeout(5):
         with pytest.raises(StoreUnavailable):
@@ -616,8 +808,7 @@ async def test_a_cancelled_writer_fails_its_callers_instead_of_stranding_them(db
         with pytest.raises(StoreUnavailable):
             await s.log_event("late")
         await s.close()
-    with plain(db_path) as conn:
-        assert conn.execute("SELECT state FROM jobs").fetchall() == [("queued",)]
+    assert committed(database, "SELECT state FROM jobs") == [("queued",)]
 
 
 # -- disk full ----------------------------------------------------------------------------
@@ -637,7 +828,9 @@ def _big_batch() -> NewBatch:
     return new_batch(tuple(f"c{i}" for i in range(200)), source_size=4000, name="big")
 
 
-async def test_a_write_that_does_not_fit_raises_disk_full_and_leaves_nothing(store, db_path):
+async def test_a_write_that_does_not_fit_raises_disk_full_and_leaves_nothing(sqlite_store,
+                                                                             db_path):
+    store = sqlite_store
     await store.create_batch(new_batch(("a",)))
     rows = await counts(store)
     failed = store.writer.stats.failed_commits
@@ -656,7 +849,8 @@ async def test_a_write_that_does_not_fit_raises_disk_full_and_leaves_nothing(sto
         assert conn.execute("SELECT count(*) FROM batches").fetchone() == (2,)
 
 
-async def test_disk_full_fails_only_the_write_that_did_not_fit(store):
+async def test_disk_full_fails_only_the_write_that_did_not_fit(sqlite_store):
+    store = sqlite_store
     batch, _ = await store.create_batch(new_batch(("a", "b")))
     j0, j1 = (j.id for j in batch.jobs)
     rows = await counts(store)
