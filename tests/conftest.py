@@ -4,7 +4,7 @@ import asyncio
 import os
 import sqlite3
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,3 +198,25 @@ def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
     url = postgres_server.create_database()
     yield url
     postgres_server.drop_database(url.rsplit("/", 1)[1])
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, db_path: Path) -> Path | str:
+    """Where a test's store lives, once each: an SQLite file's path, a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return db_path
+    return str(request.getfixturevalue("postgres_url"))
+
+
+def committed(database: Path | str, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """A query (``?`` placeholders) on an independent connection: only what was committed."""
+    if isinstance(database, Path):
+        conn = sqlite3.connect(database)
+        try:
+            return conn.execute(sql, args).fetchall()
+        finally:
+            conn.close()
+    import psycopg
+
+    with psycopg.connect(database) as pg:
+        return [tuple(r) for r in pg.execute(sql.replace("?", "%s"), args or None).fetchall()]

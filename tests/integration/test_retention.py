@@ -1,6 +1,7 @@
 """Retention (store/retention.py, ``[daemon] retention_days``): old finished batches go
 with every row they own, nothing else is touched, and the file stops growing without
-VACUUM. Real SQLite files; waits are on conditions with a deadline."""
+VACUUM. Real SQLite files, and the tests taking ``database`` run on PostgreSQL too (its
+store deletes by the same rules); waits are on conditions with a deadline."""
 
 from __future__ import annotations
 
@@ -20,12 +21,13 @@ from qjobd.daemon.config import ConfigError, load_config, parse_config
 from qjobd.daemon.process.main import main as qjobd_main
 from qjobd.store import retention
 from qjobd.store.errors import NotFound, StoreUnavailable
+from qjobd.store.factory import open_store
 from qjobd.store.models import Batch, CircuitRecord, NewBatch
 from qjobd.store.retention import DAY, RetentionStats, cutoff_for, purge_chunk, run_periodically
 from qjobd.store.states import JobState
 from qjobd.store.store import Store
 from qjobd.testing.daemon_process import DaemonProcess, wait_until
-from tests.conftest import BELL2, Daemon, eventually, short_tmpdir
+from tests.conftest import BELL2, Daemon, committed, eventually, short_tmpdir
 
 ROOT = Path(__file__).resolve().parents[2]
 Q, SING, SUB, RUN = JobState.QUEUED, JobState.SUBMITTING, JobState.SUBMITTED, JobState.RUNNING
@@ -70,40 +72,49 @@ async def make(store: Store, end: JobState | None = DONE, **kw: Any) -> Batch:
     return await store.get_batch(batch.id)
 
 
-async def set_finished(store: Store, batch_id: str, finished_at: float, *,
+async def set_finished(store: Any, batch_id: str, finished_at: float, *,
                        state: str | None = None) -> None:
     """Age a batch (only the store's one writer writes, as in the daemon)."""
-    def op(conn: sqlite3.Connection) -> None:
-        conn.execute("UPDATE batches SET finished_at = ? WHERE id = ?", (finished_at, batch_id))
-        if state is not None:
-            conn.execute("UPDATE batches SET state = ? WHERE id = ?", (state, batch_id))
+    await execute(store, "UPDATE batches SET finished_at = ? WHERE id = ?", finished_at, batch_id)
+    if state is not None:
+        await execute(store, "UPDATE batches SET state = ? WHERE id = ?", state, batch_id)
+
+
+async def execute(store: Any, sql: str, *args: Any) -> None:
+    """One statement (``?`` placeholders) through the store's writer, SQLite's or
+    PostgreSQL's."""
+    if isinstance(store, Store):
+        await store.write(lambda conn: conn.execute(sql, args))
+        return
+
+    async def op(conn: Any) -> None:
+        await conn.execute(sql.replace("?", "%s"), args)
 
     await store.write(op)
 
 
-def rows_of(db: Path, batch_id: str) -> dict[str, list[tuple[Any, ...]]]:
+def rows_of(db: Path | str, batch_id: str) -> dict[str, list[tuple[Any, ...]]]:
     """Every row a batch owns, table by table, as a fresh connection sees them."""
-    conn = sqlite3.connect(db)
-    try:
-        out = {t: conn.execute(f"SELECT * FROM {t} WHERE {c} = ? ORDER BY 1, 2",
-                               (batch_id,)).fetchall() for t, c in OWNED.items()}
-        out["events_of_jobs"] = conn.execute(
-            "SELECT * FROM events WHERE job_id LIKE ? ORDER BY seq", (f"{batch_id}-%",)
-        ).fetchall()
-        return out
-    finally:
-        conn.close()
+    out = {t: committed(db, f"SELECT * FROM {t} WHERE {c} = ? ORDER BY 1, 2", (batch_id,))
+           for t, c in OWNED.items()}
+    out["events_of_jobs"] = committed(db, "SELECT * FROM events WHERE job_id LIKE ? "
+                                          "ORDER BY seq", (f"{batch_id}-%",))
+    return out
 
 
-def orphans(db: Path) -> dict[str, int]:
+def orphans(db: Path | str) -> dict[str, int]:
     """Rows whose batch is gone, by table (all zero in a consistent store)."""
-    conn = sqlite3.connect(db)
-    try:
-        return {t: conn.execute(f"SELECT count(*) FROM {t} WHERE {c} IS NOT NULL AND {c} "
-                                "NOT IN (SELECT id FROM batches)").fetchone()[0]
-                for t, c in OWNED.items() if t != "batches"}
-    finally:
-        conn.close()
+    return {t: committed(db, f"SELECT count(*) FROM {t} WHERE {c} IS NOT NULL AND {c} "
+                             "NOT IN (SELECT id FROM batches)")[0][0]
+            for t, c in OWNED.items() if t != "batches"}
+
+
+@pytest.fixture
+async def any_store(database: Path | str) -> Any:
+    """The store on ``database``: once on SQLite, once on PostgreSQL."""
+    s = await open_store(database)
+    yield s
+    await s.close()
 
 
 def pages(db: Path) -> tuple[int, int]:
@@ -118,7 +129,9 @@ def pages(db: Path) -> tuple[int, int]:
 
 # -- what goes and what stays ----------------------------------------------------------
 
-async def test_old_terminal_batches_go_with_every_row_and_nothing_else_moves(store, db_path):
+async def test_old_terminal_batches_go_with_every_row_and_nothing_else_moves(any_store,
+                                                                             database):
+    store, db_path = any_store, database
     old = time.time() - 200 * DAY
     old_done = await make(store, DONE)
     old_failed = await make(store, FAIL)
@@ -165,11 +178,12 @@ async def test_old_terminal_batches_go_with_every_row_and_nothing_else_moves(sto
     assert (await store.purge_finished(cutoff_for(180))).batches == 0
 
 
-async def test_old_events_of_no_batch_go_too_and_recent_ones_stay(store, db_path):
+async def test_old_events_of_no_batch_go_too_and_recent_ones_stay(any_store):
+    store = any_store
     await store.log_event("old note", detail={"n": 1})
     await store.log_event("new note", detail={"n": 2})
-    await store.write(lambda c: c.execute("UPDATE events SET ts = ? WHERE kind = 'old note'",
-                                          (time.time() - 40 * DAY,)))
+    await execute(store, "UPDATE events SET ts = ? WHERE kind = 'old note'",
+                  time.time() - 40 * DAY)
 
     purge = await store.purge_finished(cutoff_for(30))
 
@@ -189,7 +203,8 @@ async def test_cleanup_refuses_to_run_without_the_cascade(store, db_path):
     assert all(rows_of(db_path, b.id)[t] for t in ("batches", "jobs", "results"))
 
 
-async def test_cleanup_runs_in_chunks_oldest_first(store, db_path):
+async def test_cleanup_runs_in_chunks_oldest_first(any_store):
+    store = any_store
     batches = [await make(store, DONE) for _ in range(7)]
     now = time.time()
     for i, b in enumerate(batches):

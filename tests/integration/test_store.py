@@ -13,7 +13,7 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,7 @@ from qjobd.store.models import CircuitRecord, NewBatch
 from qjobd.store.schema import MIGRATIONS, POSTGRES_MIGRATIONS
 from qjobd.store.states import IllegalTransition, JobState
 from qjobd.store.store import Store
+from tests.conftest import committed
 
 if TYPE_CHECKING:
     from qjobd.store.factory import AnyStore
@@ -46,14 +47,6 @@ TABLES = ("batches", "jobs", "circuits", "results", "events")
 
 
 # -- the two stores ------------------------------------------------------------------------
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest, db_path: Path) -> Path | str:
-    """Where the test's store lives: an SQLite file's path or a PostgreSQL URL."""
-    if request.param == "sqlite":
-        return db_path
-    return str(request.getfixturevalue("postgres_url"))
-
 
 @pytest.fixture
 async def store(database: Path | str) -> AsyncIterator[AnyStore]:
@@ -80,15 +73,6 @@ async def rows(store: Any, sql: str) -> list[tuple[Any, ...]]:
     return await store.fetchall(sql)
 
 
-def committed(database: Path | str, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-    """A query (``?`` placeholders) on an independent connection: only what was committed."""
-    if isinstance(database, Path):
-        with plain(database) as conn:
-            return conn.execute(sql, args).fetchall()
-    import psycopg
-
-    with psycopg.connect(database) as conn:
-        return [tuple(r) for r in conn.execute(sql.replace("?", "%s"), args).fetchall()]
 
 
 # -- helpers ---------------------------------------------------------------------------

@@ -87,3 +87,24 @@ def test_a_second_daemon_on_the_same_postgresql_database_refuses_to_start(
     assert "already serving on database" in r.stderr and postgres_url in r.stderr
     with qjobd.http() as c:  # the first one is unharmed
         assert c.get("/v1/health").status_code == 200
+
+
+def test_a_password_in_the_url_works_but_is_never_shown(postgres_url: str) -> None:
+    # the suite's server trusts local connections: any password is accepted, and must
+    # appear nowhere
+    secret = "pw-never-shown-7"
+    url = postgres_url.replace("postgresql://postgres@", f"postgresql://postgres:{secret}@")
+    d = Daemon(short_tmpdir(), LOCAL_CONFIG, env={"QJOBD_DATABASE": url})
+    d.start()
+    try:
+        with d.http() as c:
+            health = c.get("/v1/health").json()
+        assert health["database"] == url.replace(secret, "***")
+        checked = subprocess.run([str(BIN / "qjobd"), "check-config", "--get",
+                                  "daemon.database"], env=d.env, capture_output=True,
+                                 text=True, timeout=60)
+        assert checked.stdout.strip() == url.replace(secret, "***")
+    finally:
+        d.stop()
+    log = d.log.read_text()
+    assert "keep it in $PGPASSWORD" in log and secret not in log
