@@ -14,7 +14,10 @@ import asyncio
 import enum
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from qjobd.backends._aer_cost import CostModel
 
 __all__ = ["Backend", "Capabilities", "Circuit", "Counts", "Grouping", "RemoteState",
            "RemoteStatus", "SubmitRequest"]
@@ -80,6 +83,9 @@ class Capabilities:
     #: (const, subroutines, stretch...) is sent as written, with the skipped checks said
     provider_parsed: frozenset[int] = frozenset()
     max_circuits_per_batch: int = 100_000
+    #: a simulator's estimate of each circuit's run time and its limit, checked at
+    #: submission (the local backend's: backends/_aer_cost.py); None: not estimated
+    simulation_cost: CostModel | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import multiprocessing
 import os
 import signal
@@ -36,7 +37,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, TypeVar
 
-from qjobd.backends import _aer_worker, qasm
+from qjobd.backends import _aer_cost, _aer_worker, qasm
 from qjobd.backends.base import (
     Backend,
     Capabilities,
@@ -50,7 +51,7 @@ from qjobd.backends.base import (
 from qjobd.backends.errors import ProtocolError, Rejected, Unavailable
 from qjobd.errors import QjobdError
 
-__all__ = ["METHODS", "RETENTION", "LocalBackend"]
+__all__ = ["DEFAULT_MAX_ESTIMATED_SECONDS", "METHODS", "RETENTION", "LocalBackend"]
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +70,14 @@ METHODS = frozenset(
 #: seconds a finished job's status and counts are kept for the daemon to fetch
 RETENTION = 3600.0
 
-_CONFIG_KEYS = frozenset({"workers", "max_qubits"})
+_CONFIG_KEYS = frozenset({"workers", "max_qubits", "max_estimated_seconds",
+                          "seconds_per_amplitude_op"})
 #: the widest circuit simulated unless max_qubits says otherwise (or memory is short)
 DEFAULT_MAX_QUBITS = 24
+#: a circuit whose simulation is estimated at more seconds than this is refused at
+#: submission unless max_estimated_seconds says otherwise (backends/_aer_cost.py): 15
+#: minutes of one worker, a fraction of an 18-qubit reset circuit's hour at 4,000 shots
+DEFAULT_MAX_ESTIMATED_SECONDS = 900
 #: a worker imports Qiskit and Aer before it is ready; a cold disk can make that slow
 _READY_TIMEOUT = 120.0
 #: how long a terminated worker gets to exit before it is killed
@@ -113,9 +119,13 @@ class _Slot:
 class LocalBackend(Backend):
     """qiskit-aer in a pool of worker processes.
 
-    Config: ``workers`` (processes, default ``min(2, cpu_count)``) and ``max_qubits``
+    Config: ``workers`` (processes, default ``min(2, cpu_count)``), ``max_qubits``
     (widest circuit accepted; default 24, or fewer when a statevector that wide would not
-    fit twice in each worker's share of the memory: :func:`memory_qubits`). Batch options:
+    fit twice in each worker's share of the memory: :func:`memory_qubits`),
+    ``max_estimated_seconds`` (a circuit whose simulation is estimated longer is refused
+    at submission; default :data:`DEFAULT_MAX_ESTIMATED_SECONDS`, 0: no limit) and
+    ``seconds_per_amplitude_op`` (the estimate's constant, for a machine faster or slower
+    than the one it was measured on: ``bench/aer_cost_bench.py``). Batch options:
     ``seed_simulator`` (int) and ``method`` (one of :data:`METHODS`).
     """
 
@@ -151,8 +161,16 @@ class LocalBackend(Backend):
                    f"{self.workers} workers' share of this machine's memory")
         else:
             self.max_qubits, why = DEFAULT_MAX_QUBITS, "its default"
+        self.max_estimated_seconds = _number(name, config, "max_estimated_seconds",
+                                             DEFAULT_MAX_ESTIMATED_SECONDS, zero=True)
+        self.seconds_per_amplitude_op = _number(name, config, "seconds_per_amplitude_op",
+                                                _aer_cost.SECONDS_PER_AMPLITUDE_OP)
+        cost = _aer_cost.CostModel(
+            max_seconds=self.max_estimated_seconds,
+            setting=f"[backends.{name}] max_estimated_seconds",
+            seconds_per_amplitude_op=self.seconds_per_amplitude_op)
         self.capabilities = replace(type(self).capabilities, max_qubits=self.max_qubits,
-                                    max_qubits_reason=why)
+                                    max_qubits_reason=why, simulation_cost=cost)
         # Aer's OpenMP threads per worker, so that the workers share the cores.
         self._threads = max(1, cpus // self.workers)
         self._jobs: dict[str, _Job] = {}
@@ -512,6 +530,16 @@ def _positive_int(name: str, config: Mapping[str, Any], key: str, default: int) 
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"backend {name!r}: {key} must be a positive integer, not {value!r}")
     return value
+
+
+def _number(name: str, config: Mapping[str, Any], key: str, default: float, *,
+            zero: bool = False) -> float:
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        wanted = "a number >= 0 (0: no limit)" if zero else "a positive number"
+        raise ValueError(f"backend {name!r}: {key} must be {wanted}, not {value!r}")
+    return float(value)
 
 
 def _exchange(conn: Connection, task: _aer_worker.Task) -> tuple[str, Any]:

@@ -28,6 +28,7 @@ listed in :attr:`Checked.skipped`.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import threading
 from collections import OrderedDict
@@ -46,6 +47,7 @@ from openqasm3._antlr.qasm3Parser import qasm3Parser
 from openqasm3.parser import QASM3ParsingError, QASMNodeVisitor
 from qiskit.circuit import QuantumCircuit
 
+from qjobd.backends import _aer_cost as _cost
 from qjobd.backends import _qasm_declarations as _declarations
 from qjobd.backends import _qasm_native as _native
 from qjobd.errors import QjobdError
@@ -182,7 +184,8 @@ def load_circuit(label: str, source: str) -> QuantumCircuit:
 def check_circuit(label: str, source: str, *, limits: CircuitLimits = CircuitLimits(),
                   versions: frozenset[int] = frozenset({2, 3}),
                   provider_parsed: frozenset[int] = frozenset(),
-                  declared: Declared | None = None) -> Checked:
+                  declared: Declared | None = None,
+                  cost: _cost.CostCheck | None = None) -> Checked:
     """Everything the daemon checks about one circuit at submission, in order of cost.
 
     The declarations against ``limits`` (before any parser runs), then a full parse and
@@ -192,6 +195,9 @@ def check_circuit(label: str, source: str, *, limits: CircuitLimits = CircuitLim
     that Qiskit cannot import is accepted on its syntax tree (see the module's doc).
     Raises :class:`QasmError` (or :class:`OverLimit`) saying where and why not.
     ``declared``: what :func:`check_declarations` answered for the same source and limits.
+    ``cost``: the simulator's cost model and the batch's shots; a circuit whose estimated
+    simulation is over the model's limit is refused (:class:`OverLimit`, "estimated
+    seconds"; see :mod:`qjobd.backends._aer_cost`).
     """
     if declared is None or declared.source is not source:
         declared = check_declarations(label, source, limits)
@@ -206,6 +212,8 @@ def check_circuit(label: str, source: str, *, limits: CircuitLimits = CircuitLim
     _validate(label, circuit)
     operations = _operations(circuit)
     _check_counted(label, circuit, operations, limits)
+    if cost is not None:
+        _check_cost(label, source, circuit, cost)
     checked = Checked(label, version, circuit.num_qubits, circuit.num_clbits, operations, path,
                       digest)
     if version in versions:
@@ -618,6 +626,21 @@ def _check_counted(label: str, circuit: QuantumCircuit, operations: int,
         if maximum is not None and value > maximum:
             raise OverLimit(label, f"the circuit has {value} {kind}; the backend takes at most "
                             f"{maximum}", None, None, kind, maximum, value)
+
+
+def _check_cost(label: str, source: str, circuit: QuantumCircuit, cost: _cost.CostCheck
+                ) -> None:
+    """The simulator's estimate of the circuit's run against its limit (0: none)."""
+    limit = cost.model.max_seconds
+    if not limit:
+        return
+    estimate = _cost.estimate(circuit, cost.shots, cost.model, method=cost.method,
+                              source=source)
+    if estimate is None or estimate.seconds <= limit:
+        return
+    line = estimate.per_shot.line if estimate.per_shot is not None else None
+    raise OverLimit(label, f"{estimate.explain()}, over the limit of {limit:g} s", line, None,
+                    "estimated seconds", int(limit), math.ceil(estimate.seconds))
 
 
 def _operations(circuit: QuantumCircuit) -> int:

@@ -190,7 +190,8 @@ class _Api:
             backend = self.ctx.backends[fields["backend"]]
             # in the parse workers: the event loop never parses
             checked = await validation.check_circuits(fields["circuits"], backend, limits,
-                                                      self.ctx.parser)
+                                                      self.ctx.parser, shots=fields["shots"],
+                                                      options=fields["options"])
         except validation.InvalidRequest as exc:
             raise ErrorAnswer(400, exc.code, exc.message, exc.details) from None
         except validation.CircuitsTooLarge as exc:
@@ -262,18 +263,24 @@ class _Api:
         changes = self.ctx.changes
         changed = changes.watch(request.path_params["id"])  # before the read: no gap
         try:
-            batch = await self._batch(request, with_jobs=False)
+            # with its jobs: a batch already ended (the usual case) is answered by this read
+            batch = await self._batch(request)
         except Exception:
             changes.unwatch(request.path_params["id"], changed)
             raise
+        if batch.state.terminal:
+            changes.unwatch(batch.id, changed)
+            return JSONResponse(self._view(batch))
         deadline = time.monotonic() + seconds
         while not batch.state.terminal and not changes.closed:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
             await changes.wait_on(changed, left)
+            changes.unwatch(batch.id, changed)
             changed = changes.watch(batch.id)
             batch = await self.ctx.store.get_batch(batch.id, with_jobs=False)
+        changes.unwatch(batch.id, changed)
         batch = await self.ctx.store.get_batch(batch.id)
         return JSONResponse(self._view(batch))
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 
-from qjobd.backends import qasm
+from qjobd.backends import _aer_cost, qasm
 from qjobd.backends.base import Backend, Grouping
 from qjobd.daemon.api import jsonbody
 from qjobd.daemon.api.parsing import ParsePool, WorkerDied
@@ -250,6 +250,8 @@ class CircuitPlan:
     provider_parsed: frozenset[int]
     #: limit name -> the sentence that says where it comes from
     sources: Mapping[str, str]
+    #: a simulator's cost check for the batch's shots (Capabilities.simulation_cost)
+    cost: _aer_cost.CostCheck | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +261,11 @@ class CheckedCircuits:
     warnings: list[str]
 
 
-def circuit_plan(backend: Backend, limits: DaemonConfig = DEFAULT_LIMITS) -> CircuitPlan:
+def circuit_plan(backend: Backend, limits: DaemonConfig = DEFAULT_LIMITS, *,
+                 shots: int | None = None, options: Mapping[str, Any] | None = None
+                 ) -> CircuitPlan:
+    """What each circuit is checked against; ``shots`` and ``options`` (the batch's) for a
+    backend that estimates its circuits' simulation (without them, no estimate is made)."""
     caps = backend.capabilities
     name = backend.name
     if caps.max_qubits is not None:
@@ -271,6 +277,11 @@ def circuit_plan(backend: Backend, limits: DaemonConfig = DEFAULT_LIMITS) -> Cir
         qubits = limits.max_qubits
         qubit_source = (f"backend {name!r} states no qubit limit, so the daemon's applies: "
                         f"{qubits} ([daemon] max_qubits)")
+    model = caps.simulation_cost
+    cost = None
+    if model is not None and shots is not None:
+        method = (options or {}).get("method", "automatic")
+        cost = _aer_cost.CostCheck(model, shots, method if isinstance(method, str) else "")
     return CircuitPlan(
         backend=name,
         limits=qasm.CircuitLimits(max_qubits=qubits, max_clbits=limits.max_clbits,
@@ -284,7 +295,19 @@ def circuit_plan(backend: Backend, limits: DaemonConfig = DEFAULT_LIMITS) -> Cir
                  "parser memory": f"each parse worker may use {limits.parse_worker_memory:,} "
                                   "bytes ([daemon] parse_worker_memory)",
                  "time": f"a submission's circuits are checked in at most "
-                         f"{limits.validation_timeout} s ([daemon] validation_timeout)"})
+                         f"{limits.validation_timeout} s ([daemon] validation_timeout)",
+                 "estimated seconds": _cost_source(name, model)},
+        cost=cost)
+
+
+def _cost_source(name: str, model: _aer_cost.CostModel | None) -> str:
+    if model is None:
+        return f"backend {name!r} estimates no simulation cost"
+    return (f"backend {name!r} refuses a circuit whose simulation is estimated at more than "
+            f"{model.max_seconds:g} s ({model.setting} sets it, 0 for no limit); fewer "
+            "shots cost less, and so does measuring only at the end (no reset, no condition, "
+            "nothing on a qubit after it is measured), which lets Aer sample every shot "
+            "from one run")
 
 
 def check_chunk(circuits: Sequence[tuple[str, str]], plan: CircuitPlan
@@ -304,7 +327,7 @@ def check_chunk(circuits: Sequence[tuple[str, str]], plan: CircuitPlan
             outcomes[index] = qasm.check_circuit(label, source, limits=plan.limits,
                                                  versions=plan.versions,
                                                  provider_parsed=plan.provider_parsed,
-                                                 declared=declared)
+                                                 declared=declared, cost=plan.cost)
         except qasm.QasmError as exc:
             outcomes[index] = _explained(exc, plan)
     return [o for o in outcomes if not isinstance(o, qasm.Declared)]
@@ -318,15 +341,19 @@ def _explained(error: qasm.QasmError, plan: CircuitPlan) -> qasm.QasmError:
 
 
 async def check_circuits(circuits: Mapping[str, str], backend: Backend,
-                         limits: DaemonConfig = DEFAULT_LIMITS, pool: ParsePool | None = None
+                         limits: DaemonConfig = DEFAULT_LIMITS, pool: ParsePool | None = None,
+                         *, shots: int | None = None, options: Mapping[str, Any] | None = None
                          ) -> CheckedCircuits:
     """Check every circuit of a submission, in ``pool``'s workers (else in a thread).
+
+    ``shots`` and ``options``: the batch's, for a backend that estimates each circuit's
+    simulation cost (the local simulator) and refuses one over its limit.
 
     Reports every invalid circuit, not only the first: :class:`InvalidCircuits` (422), or
     :class:`CircuitsTooLarge` (413) when every refusal is over a size limit. Gives up
     after ``validation_timeout`` seconds (413), and when cancelled, abandons the work.
     """
-    plan = circuit_plan(backend, limits)
+    plan = circuit_plan(backend, limits, shots=shots, options=options)
     chunks = _chunks(list(circuits.items()))
     group = object()
     try:

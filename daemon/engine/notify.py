@@ -10,6 +10,8 @@ class BatchChanges:
 
     def __init__(self) -> None:
         self._waiters: dict[str, asyncio.Event] = {}
+        #: how many watchers hold each batch's current event (it is dropped at 0)
+        self._holders: dict[str, int] = {}
         self._any = asyncio.Event()
         #: set when the daemon stops: every wait returns at once
         self.closed = False
@@ -20,11 +22,13 @@ class BatchChanges:
         for event in self._waiters.values():
             event.set()
         self._waiters.clear()
+        self._holders.clear()
         self._any.set()
 
     def notify(self, batch_id: str) -> None:
         event = self._waiters.pop(batch_id, None)
         if event is not None:
+            self._holders.pop(batch_id, None)
             event.set()
         self._any.set()
         self._any = asyncio.Event()
@@ -34,17 +38,30 @@ class BatchChanges:
 
         Take it *before* reading the batch: a change between the read and the wait then
         still wakes the waiter, instead of falling in the gap between the two.
+        Every event taken and not set by a change is given back with :meth:`unwatch`.
         """
         if self.closed:
             event = asyncio.Event()
             event.set()
             return event
+        self._holders[batch_id] = self._holders.get(batch_id, 0) + 1
         return self._waiters.setdefault(batch_id, asyncio.Event())
 
     def unwatch(self, batch_id: str, event: asyncio.Event) -> None:
-        """Drop an event from :meth:`watch` that no one will wait on (an unknown batch)."""
-        if self._waiters.get(batch_id) is event:
+        """Give back an event from :meth:`watch` that its taker will not wait on any more
+        (the batch ended, is unknown, or the wait timed out); the last one out drops it."""
+        if self._waiters.get(batch_id) is not event:
+            return  # set by a change (and dropped then), or the daemon stopped
+        left = self._holders.get(batch_id, 1) - 1
+        if left > 0:
+            self._holders[batch_id] = left
+        else:
             del self._waiters[batch_id]
+            self._holders.pop(batch_id, None)
+
+    def watched(self) -> int:
+        """Batches with a watcher (a leak shows here)."""
+        return len(self._waiters)
 
     async def wait_on(self, event: asyncio.Event, seconds: float) -> bool:
         """Wait for an event from :meth:`watch`, for at most ``seconds``."""

@@ -11,6 +11,7 @@ request draws from the backend's budget; a 429 pauses this backend only.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import contextvars
 import random
 import time
@@ -87,6 +88,8 @@ class Tracked:
     near_end: bool = False
     #: taken from the calendar for a poll not yet answered (until it is filed again)
     taken: bool = False
+    #: the key its create carries, when the engine was handed the job (else read)
+    submission_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,10 +215,14 @@ class BackendRunner:
         if self._jobs:
             self._log.info("resumed jobs", jobs=len(self._jobs))
 
-    def enqueue(self, jobs: Iterable[Job]) -> None:
-        """Accept newly stored (queued) jobs."""
+    def enqueue(self, jobs: Iterable[Job], batch: Batch | None = None) -> None:
+        """Accept newly stored (queued) jobs; ``batch``, the one just stored, saves the
+        submitter reading its settings back."""
+        if batch is not None:
+            self._remember(dataclasses.replace(batch, jobs=()))
         for job in jobs:
-            self._jobs[job.id] = Tracked(job.id, job.batch_id, job.state, None, None, None)
+            self._jobs[job.id] = Tracked(job.id, job.batch_id, job.state, None, None, None,
+                                         submission_key=job.submission_key)
             self._submit_queue.put_nowait(job.id)
 
     async def cancel(self, job_ids: Sequence[str], *, reason: JobState = JobState.CANCELED,
@@ -342,7 +349,10 @@ class BackendRunner:
 
     async def _build_request(self, tracked: Tracked) -> SubmitRequest:
         batch = await self._batch(tracked.batch_id)
-        job = await self._store.get_job(tracked.job_id)
+        key = tracked.submission_key
+        if key is None:  # resumed or put back: the store has it
+            key = tracked.submission_key = (await self._store.get_job(tracked.job_id)
+                                            ).submission_key
         records = await self._store.circuits(tracked.job_id)
         versions = self.backend.capabilities.qasm_versions
         if all(r.qasm_version in versions for r in records):
@@ -353,7 +363,7 @@ class BackendRunner:
             # converting is CPU work (about 1 ms per OpenQASM 3 circuit): off the loop
             circuits = await anyio.to_thread.run_sync(
                 lambda: [self._wire_circuit(r.label, r.source) for r in records])
-        return SubmitRequest(submission_key=job.submission_key, circuits=circuits,
+        return SubmitRequest(submission_key=key, circuits=circuits,
                              shots=batch.shots, name=batch.name or None, options=batch.options)
 
     def _wire_circuit(self, label: str, source: str) -> Circuit:
@@ -736,10 +746,13 @@ class BackendRunner:
         batch = self._batches.get(batch_id)
         if batch is None:
             batch = await self._store.get_batch(batch_id, with_jobs=False)
-            if len(self._batches) >= 1024:
-                self._batches.pop(next(iter(self._batches)))
-            self._batches[batch_id] = batch
+            self._remember(batch)
         return batch
+
+    def _remember(self, batch: Batch) -> None:
+        if len(self._batches) >= 1024:
+            self._batches.pop(next(iter(self._batches)))
+        self._batches[batch.id] = batch
 
     async def _resync(self, tracked: Tracked) -> None:
         """Take the store's word for a job whose in-memory state went stale."""

@@ -57,7 +57,7 @@ class Scheduler:
 
     def accepted(self, batch: Batch) -> None:
         """A batch was just stored: start its jobs."""
-        self.runners[batch.backend].enqueue(batch.jobs)
+        self.runners[batch.backend].enqueue(batch.jobs, batch)
         self._watch_deadline(batch)
 
     def cancel(self, batch: Batch) -> None:

@@ -125,8 +125,19 @@ def circuit_limits(backend: Backend, config: Config) -> dict[str, Any]:
     return {"max_qubits": plan.limits.max_qubits, "max_clbits": plan.limits.max_clbits,
             "max_operations": plan.limits.max_operations,
             "qubits_from": plan.sources["qubits"],
+            **_estimate_limits(backend),
             "qasm_versions": sorted(plan.versions),
             "sent_as_written_when_qiskit_cannot_import": sorted(plan.provider_parsed)}
+
+
+def _estimate_limits(backend: Backend) -> dict[str, Any]:
+    """A simulator's limit on each circuit's estimated simulation (README "Limits")."""
+    model = backend.capabilities.simulation_cost
+    if model is None:
+        return {}
+    return {"max_estimated_seconds": model.max_seconds,
+            "seconds_per_amplitude_op": model.seconds_per_amplitude_op,
+            "estimated_seconds_from": circuit_plan(backend).sources["estimated seconds"]}
 
 
 def check_backends(config: Config) -> dict[str, Backend]:
