@@ -11,8 +11,8 @@ request draws from the backend's budget; a 429 pauses this backend only.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import contextvars
+import dataclasses
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
