@@ -51,8 +51,9 @@ from qjobd.store.writer import WriterStats
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[Any]
 #: a write: an async function of the writer's connection, run inside the writer's
-#: transaction (in a savepoint of its own). It must not commit or roll back, nor act
-#: outside the database; it may run again after a deadlock.
+#: transaction (in a savepoint of its own), in pipeline mode: a statement's rowcount is
+#: unknown until its rows are read (use RETURNING). It must not commit or roll back, nor
+#: act outside the database; it may run again after a deadlock.
 PgWriteOp = Callable[[Conn], Awaitable[T]]
 
 log = structlog.get_logger("qjobd.store")
@@ -111,8 +112,11 @@ class PostgresStore:
                     f"another qjobd is already serving on database {masked} (several "
                     "daemons on one PostgreSQL database need leases, not there yet)")
             await _migrate(first, masked)
+            # check: a connection the server dropped (a restart, a failover, an idle
+            # timeout) is replaced when taken, not found dead by the write that uses it
             pool = AsyncConnectionPool(url, min_size=2, max_size=max(2, pool_size), open=False,
-                                       configure=_configure, name="qjobd-store", timeout=30)
+                                       configure=_configure, name="qjobd-store", timeout=30,
+                                       check=AsyncConnectionPool.check_connection)
             await pool.open(wait=True, timeout=30)
         except BaseException as exc:
             if pool is not None:
@@ -354,10 +358,10 @@ class PostgresStore:
 
         async def op(conn: Conn) -> bool:
             now = time.time()
-            cur = await conn.execute(
-                "UPDATE batches SET cancel_requested = true, updated_at = %s "
-                "WHERE id = %s AND NOT cancel_requested", (now, batch_id))
-            changed = cur.rowcount > 0
+            changed = await _one(
+                conn, "UPDATE batches SET cancel_requested = true, updated_at = %s "
+                      "WHERE id = %s AND NOT cancel_requested RETURNING id",
+                (now, batch_id)) is not None
             if changed:
                 await _event(conn, now, batch_id, None, "cancel_requested", None, None)
             return changed
@@ -527,14 +531,6 @@ class _Item(Generic[T]):
     error: BaseException | None = None
 
 
-class _RolledBack(Exception):
-    """The group's only operation failed: roll its transaction back (and run it again)."""
-
-    def __init__(self, *, again: bool) -> None:
-        super().__init__("rolled back")
-        self.again = again
-
-
 class PgWriter:
     """Runs write operations in grouped transactions on one pooled connection.
 
@@ -608,26 +604,20 @@ class PgWriter:
     async def _commit(self, group: list[_Item[Any]]) -> None:
         started = time.perf_counter()
         committed = False
-        for attempt in range(_RETRIES + 1):
+        try:
+            async with self._pool.connection() as conn:
+                # pipeline mode: statements whose answers an operation does not read go
+                # out without waiting for them; each savepoint's end is a sync point, so
+                # an error still belongs to the operation that caused it
+                async with conn.pipeline(), conn.transaction():
+                    await self._run_group(conn, group)
+                committed = True
+        except psycopg.Error as exc:  # the commit, or the connection itself, failed
+            error = _translate(exc, self._mask)
             for item in group:
-                item.result = item.error = None
-            again = False
-            try:
-                async with self._pool.connection() as conn:
-                    try:
-                        async with conn.transaction():
-                            await self._run_group(conn, group, last=attempt == _RETRIES)
-                        committed = True
-                    except _RolledBack as rolled_back:
-                        again = rolled_back.again
-            except psycopg.Error as exc:  # the commit, or the connection itself, failed
-                error = _translate(exc, self._mask)
-                for item in group:
-                    item.error, item.result = error, None
-                self.stats.failed_commits += 1
-                self.stats.last_error = str(error)
-            if not again:
-                break
+                item.error, item.result = error, None
+            self.stats.failed_commits += 1
+            self.stats.last_error = str(error)
         if committed:
             self.stats.commits += 1
             self.stats.operations += len(group)
@@ -642,31 +632,25 @@ class PgWriter:
             else:
                 item.future.set_result(item.result)
 
-    async def _run_group(self, conn: Conn, group: list[_Item[Any]], *, last: bool) -> None:
-        """Each item in a savepoint of its own (a lone item in the transaction itself);
-        a deadlock or serialization failure runs the item again, a few times."""
-        single = len(group) == 1
+    async def _run_group(self, conn: Conn, group: list[_Item[Any]]) -> None:
+        """Each item in a savepoint of its own; a deadlock or serialization failure runs
+        the item again, a few times."""
         for item in group:
             for attempt in range(_RETRIES + 1):
+                item.result = item.error = None
                 try:
-                    if single:
+                    async with conn.transaction():  # a savepoint
                         item.result = await item.op(conn)
-                    else:
-                        async with conn.transaction():  # a savepoint
-                            item.result = await item.op(conn)
                     break
                 except Exception as exc:
                     item.result = None
-                    retry = isinstance(exc, psycopg.Error) and _retryable(exc)
                     if isinstance(exc, psycopg.OperationalError):
                         item.error = _translate(exc, self._mask)
                         self.stats.last_error = str(item.error)
                     else:
                         item.error = exc
-                    if single:
-                        # the transaction is over: the whole (one-item) group again
-                        raise _RolledBack(again=retry and not last) from None
-                    if not retry or attempt == _RETRIES:
+                    if not (isinstance(exc, psycopg.Error) and _retryable(exc)) \
+                            or attempt == _RETRIES:
                         break
 
 
@@ -792,17 +776,23 @@ def _purge_chunk(cutoff: float, limit: int) -> PgWriteOp[retention.Chunk]:
             "ORDER BY b.finished_at LIMIT %s FOR UPDATE OF b", (cutoff, limit))]
         events = batches = 0
         if due:
-            events = (await conn.execute("DELETE FROM events WHERE batch_id = ANY(%s)",
-                                         (due,))).rowcount
-            batches = (await conn.execute("DELETE FROM batches WHERE id = ANY(%s)",
-                                          (due,))).rowcount
+            events = await _deleted(conn, "DELETE FROM events WHERE batch_id = ANY(%s)", (due,))
+            batches = await _deleted(conn, "DELETE FROM batches WHERE id = ANY(%s)", (due,))
         more = len(due) == limit
         if not more:  # the last chunk: events of no batch, by age
-            events += (await conn.execute(
-                "DELETE FROM events WHERE batch_id IS NULL AND ts < %s", (cutoff,))).rowcount
+            events += await _deleted(
+                conn, "DELETE FROM events WHERE batch_id IS NULL AND ts < %s", (cutoff,))
         return retention.Chunk(batches, events, more)
 
     return op
+
+
+async def _deleted(conn: Conn, delete: str, args: Sequence[Any]) -> int:
+    """How many rows ``delete`` removed (counted by the server: in pipeline mode a
+    cursor's rowcount is not known until its result is read)."""
+    row = await _one(conn, f"WITH gone AS ({delete} RETURNING 1) SELECT count(*) FROM gone",
+                     args)
+    return int(row[0]) if row else 0
 
 
 def _retryable(exc: psycopg.Error) -> bool:

@@ -435,6 +435,22 @@ async def test_postgresql_a_password_in_the_url_is_never_shown(postgres_server):
     assert "postgresql://qjobd:***@127.0.0.1:1/qjobd" in str(info.value)
 
 
+async def test_postgresql_the_store_outlives_its_connections_being_cut(postgres_url):
+    s = await open_store(postgres_url)
+    try:
+        batch, _ = await s.create_batch(new_batch(("a",)))
+        cut = committed(postgres_url, "SELECT count(pg_terminate_backend(pid)) FROM "
+                                      "pg_stat_activity WHERE datname = current_database() "
+                                      "AND pid <> pg_backend_pid()")
+        assert cut[0][0] >= 2  # the pool's connections, the writer's among them
+
+        assert await s.transition(batch.jobs[0].id, SING) == SING
+        again, created = await s.create_batch(new_batch(("b",)))
+        assert created and (await s.get_batch(again.id)).jobs[0].state == Q
+    finally:
+        await s.close()
+
+
 # -- creating batches ---------------------------------------------------------------------
 
 async def test_create_batch_stores_the_batch_its_circuits_queued_jobs_and_an_event(store):
