@@ -96,3 +96,13 @@ SUBMIT_ARGS ?=
 bench-submit: $(STAMP)
 	$(BIN)/python -m bench.submit_bench $(SUBMIT_ARGS) --doc docs/benchmarks.md \
 		--json bench/results/submit_bench.json
+
+## bench-cost: calibrate the local backend's cost model (backends/_aer_cost.py) with real
+## Aer runs of 10 to 22 qubits, sampled and shot by shot, one thread (about 3 minutes on 2
+## cores); prints seconds per amplitude operation for each and the model's estimate next
+## to each measured time, writes bench/results/aer_cost_bench.json (figures:
+## docs/benchmarks.md, "Simulation cost"). COST_ARGS=--quick for a look.
+.PHONY: bench-cost
+COST_ARGS ?=
+bench-cost: $(STAMP)
+	$(BIN)/python -m bench.aer_cost_bench $(COST_ARGS) --json bench/results/aer_cost_bench.json
