@@ -171,24 +171,49 @@ def per_shot(circuit: QuantumCircuit, source: str | None = None, *,
     touch a qubit after it is measured, and there is no reset (but for a density matrix,
     where a reset is a channel like any other) and no control flow.
     """
-    measured: set[int] = set()
-    for instruction in circuit.data:
-        name = instruction.operation.name
-        if name in _CONTROL_FLOW or name in _LOOP_JUMPS:
-            return PerShot("classical control flow (if, for, while or switch)",
-                           _line(source, _CONTROL_WORDS))
-        if name == "reset" and method != "density_matrix":
-            return PerShot("a reset", _line(source, _RESET_WORD))
-        qubits = [circuit.find_bit(qubit).index for qubit in instruction.qubits]
-        if name == "measure":
-            measured.update(qubits)
-        elif name != "barrier" and measured.intersection(qubits):
-            return PerShot("a mid-circuit measurement (an operation on a qubit after it "
-                           "is measured)", _mid_measurement_line(source))
+    names = circuit.count_ops()  # counted without a Python object per instruction
+    if any(name in _CONTROL_FLOW or name in _LOOP_JUMPS for name in names):
+        return PerShot("classical control flow (if, for, while or switch)",
+                       _line(source, _CONTROL_WORDS))
+    if "reset" in names and method != "density_matrix":
+        return PerShot("a reset", _line(source, _RESET_WORD))
+    if not _terminal_only(circuit, names.get("measure", 0)):
+        return PerShot("a mid-circuit measurement (an operation on a qubit after it "
+                       "is measured)", _mid_measurement_line(source))
     return None
 
 
+def _terminal_only(circuit: QuantumCircuit, measurements: int) -> bool:
+    """Whether nothing but measurements and barriers acts on a qubit after its measurement.
+
+    The usual case, every measurement in a tail of measurements and barriers, is read
+    from the end without looking at the rest; only otherwise is the circuit walked.
+    """
+    data = circuit.data
+    tail = 0
+    at = len(data) - 1
+    while at >= 0 and tail < measurements and data[at].name in ("measure", "barrier"):
+        tail += data[at].name == "measure"
+        at -= 1
+    if tail == measurements:
+        return True
+    measured: set[int] = set()
+    for instruction in data:
+        name = instruction.name
+        if name == "barrier":
+            continue
+        qubits = [circuit.find_bit(qubit).index for qubit in instruction.qubits]
+        if name == "measure":
+            measured.update(qubits)
+        elif measured.intersection(qubits):
+            return False
+    return True
+
+
 def _clifford(circuit: QuantumCircuit) -> bool:
+    names = circuit.count_ops()
+    if not any(name in _CONTROL_FLOW for name in names):
+        return all(name in CLIFFORD or name in _LOOP_JUMPS for name in names)
     for instruction in circuit.data:
         operation = instruction.operation
         blocks = getattr(operation, "blocks", ())
