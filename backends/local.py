@@ -161,16 +161,9 @@ class LocalBackend(Backend):
                    f"{self.workers} workers' share of this machine's memory")
         else:
             self.max_qubits, why = DEFAULT_MAX_QUBITS, "its default"
-        self.max_estimated_seconds = _number(name, config, "max_estimated_seconds",
-                                             DEFAULT_MAX_ESTIMATED_SECONDS, zero=True)
-        self.seconds_per_amplitude_op = _number(name, config, "seconds_per_amplitude_op",
-                                                _aer_cost.SECONDS_PER_AMPLITUDE_OP)
-        cost = _aer_cost.CostModel(
-            max_seconds=self.max_estimated_seconds,
-            setting=f"[backends.{name}] max_estimated_seconds",
-            seconds_per_amplitude_op=self.seconds_per_amplitude_op)
         self.capabilities = replace(type(self).capabilities, max_qubits=self.max_qubits,
-                                    max_qubits_reason=why, simulation_cost=cost)
+                                    max_qubits_reason=why,
+                                    simulation_cost=_cost_model(name, config))
         # Aer's OpenMP threads per worker, so that the workers share the cores.
         self._threads = max(1, cpus // self.workers)
         self._jobs: dict[str, _Job] = {}
@@ -310,6 +303,12 @@ class LocalBackend(Backend):
             if slot is not None:
                 # The only way to stop Aer mid-simulation; the worker is replaced.
                 self._terminate(slot)
+
+    async def reconfigure(self, config: Mapping[str, Any]) -> None:
+        """A reload (SIGHUP) applies new cost settings to the next submission; the others
+        (workers, max_qubits) take a restart."""
+        self.capabilities = replace(self.capabilities,
+                                    simulation_cost=_cost_model(self.name, config))
 
     def validate_options(self, options: Mapping[str, Any]) -> None:
         for key, value in options.items():
@@ -530,6 +529,16 @@ def _positive_int(name: str, config: Mapping[str, Any], key: str, default: int) 
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"backend {name!r}: {key} must be a positive integer, not {value!r}")
     return value
+
+
+def _cost_model(name: str, config: Mapping[str, Any]) -> _aer_cost.CostModel:
+    """The settings' cost model (backends/_aer_cost.py); ValueError naming a bad one."""
+    return _aer_cost.CostModel(
+        max_seconds=_number(name, config, "max_estimated_seconds",
+                            DEFAULT_MAX_ESTIMATED_SECONDS, zero=True),
+        setting=f"[backends.{name}] max_estimated_seconds",
+        seconds_per_amplitude_op=_number(name, config, "seconds_per_amplitude_op",
+                                         _aer_cost.SECONDS_PER_AMPLITUDE_OP))
 
 
 def _number(name: str, config: Mapping[str, Any], key: str, default: float, *,

@@ -187,6 +187,17 @@ def test_a_bad_cost_setting_is_refused_naming_it(key: str, value: object) -> Non
         LocalBackend("local", {key: value})
 
 
+async def test_a_reload_applies_new_cost_settings_and_keeps_them_if_bad() -> None:
+    backend = LocalBackend("local", {"workers": 1})
+    await backend.reconfigure({"workers": 1, "max_estimated_seconds": 60,
+                               "seconds_per_amplitude_op": 1e-8})
+    model = backend.capabilities.simulation_cost
+    assert model is not None and (model.max_seconds, model.seconds_per_amplitude_op) == (60, 1e-8)
+    with pytest.raises(ValueError, match="max_estimated_seconds"):
+        await backend.reconfigure({"max_estimated_seconds": -5})
+    assert backend.capabilities.simulation_cost == model
+
+
 def test_check_config_shows_the_estimate_limit_and_where_it_is_set(
         capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     path = tmp_path / "q.toml"
