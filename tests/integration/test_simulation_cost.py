@@ -124,3 +124,18 @@ async def test_the_models_sampling_call_is_aers(tail: str) -> None:
         lambda: AerSimulator(max_parallel_threads=1).run(circuit, shots=50).result())
     sampled = result.results[0].metadata["measure_sampling"]
     assert (_aer_cost.per_shot(circuit, source) is None) == sampled
+
+
+@pytest.mark.parametrize("gate", ["h", "rx(0.3)", "s", "t"])
+async def test_the_models_method_is_the_one_aers_automatic_picks(gate: str) -> None:
+    from qiskit_aer import AerSimulator
+
+    source = ('OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[3];\ncreg c[3];\n'
+              f"{gate} q[0];\ncx q[0],q[1];\nreset q[2];\nmeasure q -> c;\n")
+    circuit = load_circuit("c", source)
+    result = await asyncio.to_thread(
+        lambda: AerSimulator(max_parallel_threads=1).run(circuit, shots=20).result())
+    model = _aer_cost.CostModel(max_seconds=0, setting="")
+    estimate = _aer_cost.estimate(circuit, 20, model, source=source)
+    assert estimate is not None
+    assert estimate.method == result.results[0].metadata["method"]
