@@ -11,7 +11,8 @@ The estimate is deliberately simple, so that it can be explained in one sentence
     seconds = runs x operations x amplitudes x seconds_per_amplitude_op
 
 ``runs`` is 1 (sampled) or the shots (shot by shot); ``operations`` counts every gate,
-measurement, reset and barrier (a ``for`` loop's body once per iteration); ``amplitudes``
+measurement, reset and barrier (a ``for`` loop's body once per iteration, a gate the
+program defines as the standard gates it is made of); ``amplitudes``
 is 2**qubits for a statevector (for a density matrix: 4**qubits entries, at three times the
 constant, and a reset alone does not stop Aer sampling it). A Clifford-only circuit,
 which Aer's ``automatic`` method simulates with the stabilizer method, costs ``runs x
@@ -29,6 +30,7 @@ submission, next to the other circuit checks (:func:`qjobd.backends.qasm.check_c
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterable
@@ -226,19 +228,43 @@ def _clifford(circuit: QuantumCircuit) -> bool:
 
 
 def _weighted_operations(circuit: QuantumCircuit) -> int:
-    """Operations per run: control-flow bodies counted, a for loop's once per iteration."""
-    if not circuit.has_control_flow_op():
-        return len(circuit.data)
+    """Operations per run: control-flow bodies counted, a for loop's once per iteration, and
+    a gate of the program's own (``gate foo a, b { ... }``) as the standard gates it is
+    made of (the local worker compiles it into them)."""
+    leaves = _leaves()
+    names = circuit.count_ops()
+    if all(name in leaves for name in names):
+        return len(circuit.data)  # without a Python object per instruction
+    sizes: dict[tuple[str, int], int] = {}
     total = 0
     for instruction in circuit.data:
         operation = instruction.operation
         blocks = getattr(operation, "blocks", ())
-        inner = sum(_weighted_operations(block) for block in blocks)
-        if operation.name == "for_loop":
-            indexset = operation.params[0]
-            inner *= max(1, len(indexset)) if isinstance(indexset, Iterable) else 1
-        total += 1 + inner
+        if blocks:
+            inner = sum(_weighted_operations(block) for block in blocks)
+            if operation.name == "for_loop":
+                indexset = operation.params[0]
+                inner *= max(1, len(indexset)) if isinstance(indexset, Iterable) else 1
+            total += 1 + inner
+        elif operation.name in leaves:
+            total += 1
+        else:
+            key = (operation.name, operation.num_qubits)
+            if key not in sizes:
+                definition = getattr(operation, "definition", None)
+                sizes[key] = 1 if definition is None else max(
+                    1, _weighted_operations(definition))
+            total += sizes[key]
     return total
+
+
+@functools.cache
+def _leaves() -> frozenset[str]:
+    """Operations Aer runs as they are: the standard gates, measure, reset, barrier..."""
+    from qiskit.circuit.library import get_standard_gate_name_mapping
+
+    return frozenset(get_standard_gate_name_mapping()) | {"measure", "reset", "barrier",
+                                                          "delay", *_LOOP_JUMPS}
 
 
 # -- where in the source ------------------------------------------------------------------

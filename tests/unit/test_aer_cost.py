@@ -131,6 +131,15 @@ def test_a_for_loops_body_counts_once_per_iteration() -> None:
     assert e.operations == 1 + 10 * 2 + 2 and e.runs == 4000
 
 
+def test_a_gate_of_the_programs_own_counts_as_the_gates_it_is_made_of() -> None:
+    source = HEADER + ("gate layer a, b { rx(0.1) a; rx(0.2) b; cx a, b; cx b, a; }\n"
+                       "gate twice a, b { layer a, b; layer b, a; }\n"
+                       "qreg q[2];\ncreg c[2];\n" + "twice q[0], q[1];\n" * 5
+                       + "reset q[0];\nmeasure q -> c;\n")
+    e = estimate(source)
+    assert e.operations == 5 * 2 * 4 + 1 + 2 and e.runs == 4000
+
+
 def test_the_explanation_gives_the_figure_and_its_terms() -> None:
     text = estimate(RESET_18).explain()
     assert re.fullmatch(r"its simulation is estimated at \d+ s \(\d+ min\): 4000 runs, one "
