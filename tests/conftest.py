@@ -17,6 +17,7 @@ from qjobd.daemon.api.peer import Peer
 from qjobd.daemon.config import parse_config
 from qjobd.daemon.engine.scheduler import Scheduler
 from qjobd.daemon.process.wiring import wire
+from qjobd.store.factory import open_store
 from qjobd.store.store import Store
 from qjobd.testing.postgres import PostgresNotFound, PostgresServer, find_bindir
 from qjobd.testing.scripted import ScriptedBackend
@@ -75,14 +76,10 @@ def short_tmpdir() -> Path:
     return Path(tempfile.mkdtemp(prefix="qjobd-", dir="/tmp"))
 
 
-def count_rows(db: Path) -> dict[str, int]:
-    """Rows per table, read through a fresh connection (what is really on disk)."""
-    conn = sqlite3.connect(db)
-    try:
-        return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-                for t in ("batches", "jobs", "circuits", "results", "events")}
-    finally:
-        conn.close()
+def count_rows(db: Path | str) -> dict[str, int]:
+    """Rows per table, read through a fresh connection (what is really committed)."""
+    return {t: committed(db, f"SELECT count(*) FROM {t}")[0][0]
+            for t in ("batches", "jobs", "circuits", "results", "events")}
 
 
 @dataclass
@@ -93,7 +90,8 @@ class Daemon:
     scheduler: Scheduler
     backends: dict[str, Any]
     client: httpx.AsyncClient
-    db: Path
+    #: the store's SQLite file, or its PostgreSQL URL (QJOBD_TEST_STORE=postgresql)
+    db: Path | str
     set_peer: Callable[[Peer | None], None]
 
 
@@ -124,19 +122,27 @@ async def store(db_path: Path) -> AsyncIterator[Store]:
     await s.close()
 
 
+#: ``QJOBD_TEST_STORE=postgresql`` puts the in-process daemon's store (the ``daemon``
+#: fixture's) in a PostgreSQL database of the test's own: the engine and API tests then
+#: run on PostgreSQL (the store's own tests run on both anyway)
+TEST_STORE = os.environ.get("QJOBD_TEST_STORE", "sqlite")
+
+
 @pytest.fixture
 async def daemon(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Daemon]:
     """The daemon in-process with scripted backends `fake` and `held`, and with the real
     `local` simulator for tests marked ``@pytest.mark.local`` (its workers take ~0.4 s)."""
     with_local = request.node.get_closest_marker("local") is not None
+    database = (str(request.getfixturevalue("postgres_url")) if TEST_STORE == "postgresql"
+                else str(tmp_path / "q.sqlite3"))
     config = parse_config({
-        "daemon": {"socket": str(tmp_path / "s.sock"), "database": str(tmp_path / "q.sqlite3"),
+        "daemon": {"socket": str(tmp_path / "s.sock"), "database": database,
                    "max_request_bytes": 200_000},
         "polling": FAST_POLLING,
         "backends": {"fake": {"type": "scripted"}, "held": {"type": "scripted"},
                      "local": {"type": "local", "workers": 1}},
     })
-    store = await Store.open(config.daemon.database)
+    store = await open_store(config.daemon.database)
     backends: dict[str, Any] = {
         "fake": ScriptedBackend("fake", {}),
         "held": ScriptedBackend("held", {"hold": True}),

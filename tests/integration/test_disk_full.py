@@ -10,7 +10,12 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from tests.conftest import BELL2, Daemon, count_rows, eventually
+import pytest
+
+from tests.conftest import BELL2, TEST_STORE, Daemon, count_rows, eventually
+
+pytestmark = pytest.mark.skipif(TEST_STORE != "sqlite",
+                                reason="SQLite's own full disk (QJOBD_TEST_STORE=postgresql)")
 
 
 async def cap_growth(d: Daemon, extra_pages: int = 0) -> None:

@@ -17,7 +17,11 @@ from qjobd.backends.ionq import IonQBackend
 from qjobd.daemon.api import metrics
 from qjobd.testing.fake_ionq import FakeIonQ
 from qjobd.testing.harness import backend_daemon
-from tests.conftest import BELL2, BELL3, Daemon, eventually
+from tests.conftest import BELL2, BELL3, TEST_STORE, Daemon, eventually
+
+#: for tests of what only an SQLite store has (its file's size, rows written beside it)
+sqlite_only = pytest.mark.skipif(TEST_STORE != "sqlite",
+                                 reason="about the SQLite file (QJOBD_TEST_STORE=postgresql)")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STATES = {"queued", "submitting", "submitted", "running", "completed", "failed", "canceled",
@@ -183,6 +187,7 @@ async def scrape(client: httpx.AsyncClient) -> dict[str, Fam]:
     return fams
 
 
+@sqlite_only
 async def test_metrics_answer_in_the_text_format_with_every_family(daemon: Daemon) -> None:
     fams = await scrape(daemon.client)
     for name, kind in {"qjobd_build_info": "gauge", "qjobd_uptime_seconds": "gauge",
@@ -265,6 +270,7 @@ async def test_job_counts_change_when_a_local_batch_completes(daemon: Daemon) ->
                if dict(k)["backend"] == "local") == n
 
 
+@sqlite_only
 async def test_a_scrape_counts_100000_jobs_by_state(daemon: Daemon) -> None:
     conn = sqlite3.connect(daemon.db)
     try:
