@@ -50,7 +50,11 @@ class PostgresNotFound(RuntimeError):
     """No PostgreSQL server binaries on this machine."""
 
 
-def find_bindir() -> Path:
+#: where Debian installs each PostgreSQL version's programs (VERSION/bin)
+DEBIAN_ROOT = Path("/usr/lib/postgresql")
+
+
+def find_bindir(debian_root: Path = DEBIAN_ROOT) -> Path:
     """The directory holding initdb, pg_ctl, postgres and pg_isready."""
     candidates: list[Path] = []
     if env := os.environ.get("QJOBD_PG_BINDIR"):
@@ -62,14 +66,14 @@ def find_bindir() -> Path:
     def version(p: Path) -> tuple[int, ...]:
         return tuple(int(x) for x in re.findall(r"\d+", p.parent.name)) or (0,)
 
-    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=version, reverse=True)
+    candidates += sorted(debian_root.glob("*/bin"), key=version, reverse=True)
     for bindir in candidates:
         if all(os.access(bindir / name, os.X_OK) for name in _PROGRAMS):
             return bindir
     looked = ", ".join(str(c) for c in candidates) or "nowhere"
     raise PostgresNotFound(
         "PostgreSQL's server binaries (initdb, pg_ctl, postgres, pg_isready) were not "
-        f"found (looked in PATH, $QJOBD_PG_BINDIR and /usr/lib/postgresql/*/bin: {looked}); "
+        f"found (looked in $QJOBD_PG_BINDIR, PATH and {debian_root}/*/bin: {looked}); "
         "install Debian's package postgresql")
 
 
