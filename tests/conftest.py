@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import tempfile
@@ -135,6 +136,14 @@ async def daemon(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterato
     with_local = request.node.get_closest_marker("local") is not None
     database = (str(request.getfixturevalue("postgres_url")) if TEST_STORE == "postgresql"
                 else str(tmp_path / "q.sqlite3"))
+    async with in_process_daemon(tmp_path, database, with_local=with_local) as d:
+        yield d
+
+
+@contextlib.asynccontextmanager
+async def in_process_daemon(tmp_path: Path, database: str, *,
+                            with_local: bool = False) -> AsyncIterator[Daemon]:
+    """What the ``daemon`` fixture gives, on the store ``database`` names."""
     config = parse_config({
         "daemon": {"socket": str(tmp_path / "s.sock"), "database": database,
                    "max_request_bytes": 200_000},

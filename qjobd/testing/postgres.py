@@ -32,6 +32,7 @@ import subprocess
 import tempfile
 import time
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -200,6 +201,22 @@ class PostgresServer:
         self._proc = None
         if finalizer is not None:
             finalizer()
+
+    @contextlib.contextmanager
+    def down(self) -> Iterator[None]:
+        """The server stopped (fast shutdown: its clients are cut) for the ``with`` block,
+        then started again on the same port with the same data: an outage."""
+        assert self.root is not None and self._proc is not None, "the server is not started"
+        proc = self._proc
+        self._run("pg_ctl", "stop", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "30")
+        proc.wait(timeout=30)
+        self._proc = None
+        try:
+            yield
+        finally:
+            if not self._launch():
+                raise RuntimeError(f"PostgreSQL did not come back on port {self.port}: "
+                                   f"{self._log_tail()}")
 
     @property
     def running(self) -> bool:
