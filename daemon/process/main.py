@@ -10,6 +10,9 @@
     qjobd backup [--config PATH] [--database PATH] DEST
                                          a consistent copy of the database, safe while
                                          the daemon runs (SQLite's online backup)
+    qjobd migrate-store [--config PATH] [--from PATH] --to postgresql://USER@HOST/DB
+                                         copy an SQLite store (the daemon stopped) into
+                                         an empty PostgreSQL database, checked row by row
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from qjobd.daemon.api.app import VERSION
 from qjobd.daemon.api.server import SocketInUse
 from qjobd.daemon.api.validation import circuit_plan
 from qjobd.daemon.config import Config, ConfigError, load_config
-from qjobd.daemon.process import logs
+from qjobd.daemon.process import logs, migrate_store
 from qjobd.daemon.process.systemd import ActivationError
 from qjobd.store.errors import StoreError
 
@@ -55,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--database", metavar="PATH",
                    help="the database to copy (default: the configuration's)")
     p.add_argument("destination", metavar="DEST", help="the file to write")
+    migrate_store.add_parser(sub)
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
@@ -66,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         return print_config(config, args.get, backends)
     if args.command == "backup":
         return backup(Path(args.database or config.daemon.database), Path(args.destination))
+    if args.command == "migrate-store":
+        return migrate_store.run(args, config)
     logs.configure(config.daemon.log_level)
     from qjobd.daemon.process import service  # after logging is configured
 
