@@ -108,6 +108,8 @@ class Report:
     outcome: str         # "copied", "resumed", "restarted", "verified", "in use since"
     tables: list[TableReport] = field(default_factory=list)
     sequences: dict[str, int] = field(default_factory=dict)
+    #: the schema versions: the SQLite store's (user_version), the database's (qjobd_schema)
+    schema: tuple[int, int] = (0, 0)
     copy_seconds: float = 0.0
     verify_seconds: float = 0.0
 
@@ -119,6 +121,9 @@ class Report:
         out = [f"{'table':<18}{'rows':>12}{'copied now':>12}{'verified':>12}  sha256"]
         out += [f"{t.name:<18}{t.rows:>12,}{t.copied:>12,}{t.verified:>12,}  {t.digest[:16]}"
                 for t in self.tables]
+        if self.schema != (0, 0):
+            out.append(f"schema: the store's version {self.schema[0]}, the database's "
+                       f"{self.schema[1]} (this qjobd's)")
         if self.sequences:
             out.append("sequences continue after: " + ", ".join(
                 f"{name} {value:,}" for name, value in self.sequences.items()))
@@ -201,6 +206,8 @@ def _run(src: sqlite3.Connection, pg: psycopg.Connection[Any], source: Path, url
         report.tables[-1].copied = _copy_table(src, pg, table, columns[table], chunk_rows,
                                                chunks)
     report.sequences = _set_sequences(pg, identity)
+    version = pg.execute("SELECT version FROM qjobd_schema").fetchone()
+    report.schema = (int(identity["schema"]), int(version[0]) if version else 0)
     report.copy_seconds = time.perf_counter() - started
     started = time.perf_counter()
     for entry in report.tables:

@@ -8,12 +8,13 @@ its last event (as retention leaves it). Chunks of 3 rows make a small store man
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from qjobd.store.errors import StoreError
 from qjobd.store.migrate import PAUSE_ENV, Differs, MigrationRefused, Report, migrate
 from qjobd.store.models import CircuitRecord, NewBatch
 from qjobd.store.postgres import PostgresStore
+from qjobd.store.schema import MIGRATIONS, POSTGRES_MIGRATIONS
 from qjobd.store.states import JobState
 from qjobd.store.store import Store
 from qjobd.testing.daemon_process import BIN, wait_until
@@ -154,6 +156,7 @@ async def test_every_table_is_copied_and_reads_the_same_through_both_stores(
     db, ids = source
     report = await run_migrate(db, postgres_url)
     assert report.outcome == "copied"
+    assert report.schema == (len(MIGRATIONS), len(POSTGRES_MIGRATIONS))
     expected = rows_of(db)
     assert rows_in(postgres_url) == expected
     assert {t.name: (t.rows, t.copied, t.verified) for t in report.tables} == {
@@ -239,8 +242,6 @@ async def test_a_difference_is_found_and_named_by_table_and_key(
 
 async def test_a_store_with_an_older_schema_is_brought_up_to_date_first(
         tmp_path: Path, postgres_url: str) -> None:
-    from qjobd.store.schema import MIGRATIONS
-
     db = tmp_path / "old.sqlite3"
     conn = sqlite3.connect(db)
     try:
@@ -306,6 +307,58 @@ async def test_kill_9_mid_copy_twice_then_a_rerun_gives_a_complete_verified_copy
     assert all(done for _, done in progress(postgres_url).values())
     assert committed(postgres_url, "SELECT count(*) FROM qjobd_migration "
                                    "WHERE finished_at IS NOT NULL") == [(1,)]
+
+
+def add_events(db: Path, n: int) -> None:
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.executemany("INSERT INTO events (ts, batch_id, job_id, kind, state, detail) "
+                         "VALUES (?, NULL, NULL, 'note', NULL, ?)",
+                         ((time.time(), json.dumps({"i": i})) for i in range(n)))
+    conn.close()
+
+
+def copied_rows(url: str) -> int:
+    try:
+        return int(committed(url, "SELECT coalesce(sum(rows), 0) FROM "
+                                  "qjobd_migration_progress")[0][0])
+    except psycopg.errors.UndefinedTable:
+        return 0
+
+
+def all_copied(url: str) -> bool:
+    try:
+        return committed(url, "SELECT count(*) FROM qjobd_migration_progress "
+                              "WHERE done")[0][0] == len(TABLES)
+    except psycopg.errors.UndefinedTable:
+        return False
+
+
+def kill_9_when(args: tuple[str, ...], when: Callable[[], bool], what: str) -> None:
+    proc = subprocess.Popen([str(BIN / "qjobd"), "migrate-store", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until(lambda: when() or proc.poll() is not None, 60, what)
+    kill_9(proc)
+
+
+async def test_kill_9_wherever_it_lands_then_a_rerun_gives_a_complete_verified_copy(
+        source: tuple[Path, dict[str, str]], postgres_url: str) -> None:
+    """No hook: killed once this many rows are recorded, wherever the process is then
+    (mostly inside a chunk's COPY), and once every table is copied (in the check)."""
+    db, _ = source
+    add_events(db, 60_000)
+    args = ("--from", str(db), "--to", postgres_url, "--chunk-rows", "500")
+    for when, what in ((lambda: copied_rows(postgres_url) >= 1_000, "1,000 rows"),
+                       (lambda: copied_rows(postgres_url) >= 30_000, "30,000 rows"),
+                       (lambda: all_copied(postgres_url), "every table copied")):
+        kill_9_when(args, when, what)
+        assert committed(postgres_url, "SELECT count(*) FROM qjobd_migration "
+                                       "WHERE finished_at IS NOT NULL") == [(0,)]
+        assert rows_in(postgres_url)["events"] == progress(postgres_url)["events"][0]
+    r = cli(*args)
+    assert r.returncode == 0, r.stderr
+    assert rows_in(postgres_url) == rows_of(db)
+    await assert_same_through_both_stores(db, postgres_url)
 
 
 async def test_a_store_changed_after_an_interrupted_run_is_copied_again_from_the_start(
