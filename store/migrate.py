@@ -59,8 +59,11 @@ TABLES = ("batches", "jobs", "circuits", "results", "batch_job_counts", "events"
 SEQUENCES = (("batches", "seq"), ("events", "seq"))
 #: what a qjobd database (or a migration into one) may hold, besides TABLES
 OWN_TABLES = ("nodes", "qjobd_schema", "qjobd_migration", "qjobd_migration_progress")
-#: the test hook: pause inside chunk N's transaction, after its rows, before its commit
+#: the test hook: pause inside chunk N's transaction, after its rows, before its commit,
+#: until SIGUSR1 (or the end: kill -9)
 PAUSE_ENV = "QJOBD_TEST_MIGRATE_PAUSE_CHUNK"
+#: a node whose heartbeat is younger than this is taken to be serving
+LIVE_NODE_SECONDS = 60.0
 DEFAULT_CHUNK_ROWS = 5000
 
 _MARKER_DDL = b"""
@@ -169,12 +172,13 @@ def migrate(source: Path, url: str, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> 
 
 def _run(src: sqlite3.Connection, pg: psycopg.Connection[Any], source: Path, url: str,
          identity: dict[str, Any], digest: str, chunk_rows: int) -> Report:
-    from qjobd.store.postgres import DAEMON_LOCK
+    from qjobd.store.postgres import DAEMON_LOCK, MIGRATION_LOCK
 
     masked = mask_url(url)
     held = pg.execute("SELECT pg_try_advisory_lock(%s)", (DAEMON_LOCK,)).fetchone()
     if not held or not held[0]:
-        raise MigrationRefused(f"a qjobd is serving on {masked}: stop it first")
+        raise MigrationRefused(f"a qjobd is serving on {masked} (or another migrate-store "
+                               "is running on it): stop it first")
     kind, marker = _inspect_target(pg, masked)
     outcome = "copied"
     if kind is _Target.OURS:
@@ -183,7 +187,13 @@ def _run(src: sqlite3.Connection, pg: psycopg.Connection[Any], source: Path, url
         if outcome == "in use since":
             return Report(source, masked, outcome)
         _check_progress(pg, masked)
+    _refuse_live_nodes(pg, masked)
     _create_schema(url)
+    # held to the end: a daemon that starts meanwhile (one that does not take the daemon
+    # lock: several on one database) waits in its schema step until the copy is done
+    pg.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+    _refuse_live_nodes(pg, masked)
+    _check_progress(pg, masked)
     with pg.transaction():
         pg.execute(_MARKER_DDL)
         if outcome == "restarted":
@@ -252,13 +262,36 @@ def _decide(pg: psycopg.Connection[Any], source: Path, masked: str, identity: di
         "tables to migrate again")
 
 
+def _refuse_live_nodes(pg: psycopg.Connection[Any], masked: str) -> None:
+    """Refuse a database some daemon (node) has said it is alive on within a minute."""
+    if _missing(pg, "nodes"):
+        return
+    live = pg.execute(
+        "SELECT name, extract(epoch from clock_timestamp()) - heartbeat_at FROM nodes "
+        "WHERE heartbeat_at > extract(epoch from clock_timestamp()) - %s ORDER BY name",
+        (LIVE_NODE_SECONDS,)).fetchall()
+    if live:
+        raise MigrationRefused(
+            f"a qjobd is serving on {masked} (node " + ", ".join(
+                f"{name} seen {max(0.0, float(age)):.0f} s ago" for name, age in live)
+            + "): stop it first")
+
+
+def _missing(pg: psycopg.Connection[Any], table: str) -> bool:
+    row = pg.execute("SELECT to_regclass(%s) IS NULL", (table,)).fetchone()
+    return bool(row and row[0])
+
+
 def _check_progress(pg: psycopg.Connection[Any], masked: str) -> None:
     """A migration's tables hold what it recorded, and nothing else: a daemon started on
     a half-copied database would have added rows (refused, not wiped: it may have
     recorded remote jobs that exist nowhere else)."""
-    copied = {str(t): int(n) for t, n in pg.execute(
-        "SELECT table_name, rows FROM qjobd_migration_progress").fetchall()}
+    copied = {} if _missing(pg, "qjobd_migration_progress") else {
+        str(t): int(n) for t, n in pg.execute(
+            "SELECT table_name, rows FROM qjobd_migration_progress").fetchall()}
     for table in TABLES:
+        if _missing(pg, table):
+            continue
         row = pg.execute(psycopg.sql.SQL("SELECT count(*) FROM {}").format(
             psycopg.sql.Identifier(table))).fetchone()
         n = int(row[0]) if row else 0
@@ -552,10 +585,11 @@ class _Chunks:
         """Chunk written, not committed yet: the test hook's moment."""
         self.n += 1
         if self.n == self.pause_at:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
             print(f"qjobd: test hook: paused in chunk {self.n} ({table}), before its commit",
                   file=sys.stderr, flush=True)
-            while True:
-                signal.pause()
+            signal.sigwait({signal.SIGUSR1})
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
 
 
 def _copy_table(src: sqlite3.Connection, pg: psycopg.Connection[Any], table: str,

@@ -8,6 +8,7 @@ its last event (as retention leaves it). Chunks of 3 rows make a small store man
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -31,7 +32,7 @@ from qjobd.store.schema import MIGRATIONS, POSTGRES_MIGRATIONS
 from qjobd.store.states import JobState
 from qjobd.store.store import Store
 from qjobd.testing.daemon_process import BIN, wait_until
-from tests.conftest import committed
+from tests.conftest import committed, eventually
 
 CHUNK = 3
 TABLES = ("batches", "jobs", "circuits", "results", "batch_job_counts", "events")
@@ -359,6 +360,47 @@ async def test_kill_9_wherever_it_lands_then_a_rerun_gives_a_complete_verified_c
     assert r.returncode == 0, r.stderr
     assert rows_in(postgres_url) == rows_of(db)
     await assert_same_through_both_stores(db, postgres_url)
+
+
+def waiting_for_advisory_locks(url: str) -> int:
+    return int(committed(url, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                              "AND NOT granted")[0][0])
+
+
+async def test_a_daemon_starting_during_the_copy_waits_for_its_end(
+        source: tuple[Path, dict[str, str]], postgres_url: str, tmp_path: Path) -> None:
+    """One that does not take the daemon lock (several daemons on one database) waits in
+    its schema step, then opens the complete copy."""
+    db, ids = source
+    proc = start_paused(db, postgres_url, 4, tmp_path)
+    opening = asyncio.create_task(PostgresStore.open(postgres_url))
+    try:
+        await eventually(lambda: waiting_for_advisory_locks(postgres_url) == 1, 30)
+        assert not opening.done()
+        proc.send_signal(signal.SIGUSR1)  # the hook lets the migration go on
+        assert await anyio.to_thread.run_sync(lambda: proc.wait(timeout=60)) == 0
+        with anyio.fail_after(30):
+            pg = await opening
+    finally:
+        if proc.poll() is None:
+            kill_9(proc)
+    try:
+        assert sorted(b.id for b in (await pg.list_batches())[0]) == sorted(ids.values())
+    finally:
+        await pg.close()
+
+
+async def test_a_database_with_a_live_node_is_refused(
+        source: tuple[Path, dict[str, str]], postgres_url: str) -> None:
+    db, _ = source
+    pg = await PostgresStore.open(postgres_url)
+    await pg.close()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO nodes (name, started_at, heartbeat_at) VALUES "
+                     "('login-2', 0, extract(epoch from clock_timestamp()) - 3), "
+                     "('gone', 0, 0)")
+    with pytest.raises(MigrationRefused, match=r"serving on .*\(node login-2 seen 3 s ago\)"):
+        await run_migrate(db, postgres_url)
 
 
 async def test_a_store_changed_after_an_interrupted_run_is_copied_again_from_the_start(
