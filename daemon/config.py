@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import socket as socketlib
 import tomllib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -93,6 +94,16 @@ class DaemonConfig:
     retention_days: float = 0.0
     #: seconds between two retention cleanups (the first runs at start)
     retention_interval: float = 3600.0
+    #: this daemon's name among several on one PostgreSQL store ("": the host's name and
+    #: the socket's path, ``node_name()``); unique per database
+    node: str = ""
+    #: seconds a node's job leases last unless renewed (renewed every third of it): a
+    #: dead node's jobs pass to the others within this time
+    lease_seconds: float = 15.0
+
+    def node_name(self) -> str:
+        """``node``, or the host's name and the socket's path."""
+        return self.node or f"{socketlib.gethostname()}:{self.socket}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +199,8 @@ def parse_config(raw: Mapping[str, Any], *, source: str = "built-in defaults") -
     _only_keys(raw, {"daemon", "polling", "backends"}, where, "top level")
     d = _table(raw, "daemon", where)
     _only_keys(d, {"socket", "database", "socket_mode", "max_request_bytes", "log_level",
-                   "retention_days", "retention_interval", *_LIMITS, "label_pattern"},
+                   "retention_days", "retention_interval", *_LIMITS, "label_pattern",
+                   "node", "lease_seconds"},
                where, "[daemon]")
     socket = os.environ.get("QJOBD_SOCKET") or _str(d, "socket", where, "[daemon]")
     database = os.environ.get("QJOBD_DATABASE") or _str(d, "database", where, "[daemon]")
@@ -223,7 +235,17 @@ def parse_config(raw: Mapping[str, Any], *, source: str = "built-in defaults") -
     if retention_interval <= 0:
         raise ConfigError(f"{where}: [daemon] retention_interval: must be > 0 seconds, "
                           f"got {retention_interval!r}")
+    node = os.environ.get("QJOBD_NODE") or _str(d, "node", where, "[daemon]") or ""
+    if len(node) > 200 or not node.isprintable():
+        raise ConfigError(f"{where}: [daemon] node: a printable name of at most 200 "
+                          f"characters, got {node[:40]!r}")
+    lease_seconds = _num(d, "lease_seconds", where, "[daemon]", 15.0)
+    if not 1 <= lease_seconds <= 3600:
+        raise ConfigError(f"{where}: [daemon] lease_seconds: from 1 to 3600 seconds, got "
+                          f"{lease_seconds!r}")
     daemon = DaemonConfig(
+        node=node,
+        lease_seconds=float(lease_seconds),
         socket=Path(socket) if socket else default_socket_path(),
         database=(database if is_url(database) else Path(database)) if database
         else default_database_path(),

@@ -6,7 +6,8 @@
     ├── CorruptDatabase    the file failed its integrity check: refuse to run
     ├── SchemaTooNew       the file was written by a newer qjobd
     ├── NotFound           no such batch
-    └── IdempotencyConflict  the key was used before with another request body
+    ├── IdempotencyConflict  the key was used before with another request body
+    └── LeaseLost          another node holds the job now (several daemons, one store)
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ class IdempotencyConflict(StoreError):
         super().__init__(
             f"idempotency key {key!r} was already used for batch {batch_id} with another request"
         )
+
+
+class LeaseLost(StoreError):
+    """The job's lease passed to another node (or was claimed again): this node must not
+    act on it any more. Raised by a fenced write, which then changed nothing."""
 
 
 def translate(exc: sqlite3.Error) -> StoreError:

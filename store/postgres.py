@@ -36,6 +36,7 @@ from qjobd.store import retention
 from qjobd.store.errors import (
     DiskFull,
     IdempotencyConflict,
+    LeaseLost,
     NotFound,
     SchemaTooNew,
     StoreError,
@@ -64,6 +65,12 @@ _TERMINAL_SQL = ", ".join(f"'{s}'" for s in sorted(TERMINAL))
 DAEMON_LOCK = 0x716A6F6264
 #: pg_advisory_xact_lock's key while migrating
 MIGRATION_LOCK = DAEMON_LOCK + 1
+#: pg_advisory_xact_lock's key of the event log: a transaction that logs an event holds it
+#: until it commits, so ``seq`` is in commit order across every node (a reader following
+#: the log from a cursor never skips an event another node committed late)
+EVENT_LOCK = DAEMON_LOCK + 2
+#: the database's clock, in epoch seconds (leases are in it, never in a node's)
+_DB_NOW = "extract(epoch from clock_timestamp())"
 #: seconds a read or a write group waits for a connection when the server cannot be
 #: reached, before it fails (StoreUnavailable: the engine retries later, the API says 503)
 POOL_TIMEOUT = 10.0
@@ -84,6 +91,10 @@ class PostgresStore:
         self._lock = lock
         self.writer = PgWriter(pool, self._mask)
         self._writer_task: asyncio.Task[None] | None = None
+        #: this daemon's node (store/cluster.py), once it joined: the jobs of the batches
+        #: it stores are leased to it, and its writes for a job are fenced by their epoch
+        self.node: str | None = None
+        self.lease_seconds = 15.0
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -159,6 +170,33 @@ class PostgresStore:
     def _mask(self, text: str) -> str:
         return _safe(text, self.url)
 
+    def mask(self, text: str) -> str:
+        """``text`` without the database URL's password."""
+        return _safe(text, self.url)
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
+        """One statement in a transaction of its own, outside the writer (the cluster's
+        heartbeats and leases: they must not wait behind a group of job writes)."""
+        await self.execute_returning(sql, args, rows=False)
+
+    async def execute_returning(self, sql: str, args: Sequence[Any] = (), *,
+                                rows: bool = True) -> list[tuple[Any, ...]]:
+        try:
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(sql, args or None)
+                return list(await cur.fetchall()) if rows else []
+        except psycopg.Error as exc:
+            raise _translate(exc, self._mask) from None
+
+    async def labels_of(self, job_ids: Sequence[str]) -> dict[str, tuple[str, ...]]:
+        """Each job's circuit labels, in submission order."""
+        labels: dict[str, list[str]] = {}
+        for job_id, label in await self.fetchall(
+                "SELECT job_id, label FROM circuits WHERE job_id = ANY(%s) "
+                "ORDER BY job_id, position", (list(job_ids),)):
+            labels.setdefault(str(job_id), []).append(str(label))
+        return {k: tuple(v) for k, v in labels.items()}
+
     # -- writes ----------------------------------------------------------------------
 
     async def create_batch(self, new: NewBatch) -> tuple[Batch, bool]:
@@ -204,15 +242,19 @@ class PostgresStore:
                 return found
             job_of: dict[str, str] = {}
             job_rows = []
+            # the submitting node drives the batch's jobs: leased to it from the start
+            lease = (self.node, self.lease_seconds, 1 if self.node is not None else 0)
             for position, labels in enumerate(new.groups):
                 job_id = f"{batch_id}-{position}"
                 job_rows.append((job_id, batch_id, position, new.backend, f"qjobd-{job_id}",
-                                 JobState.QUEUED, now, now))
+                                 JobState.QUEUED, now, now, *lease))
                 job_of.update((label, job_id) for label in labels)
             async with conn.cursor() as cur:
                 await cur.executemany(
                     "INSERT INTO jobs (id, batch_id, position, backend, submission_key, state, "
-                    "created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", job_rows)
+                    "created_at, updated_at, lease_node, lease_expires_at, lease_epoch) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, "
+                    f"{_DB_NOW} + %s, %s)", job_rows)
                 await cur.execute(
                     "INSERT INTO batch_job_counts (batch_id, state, n) VALUES (%s, %s, %s)",
                     (batch_id, JobState.QUEUED, len(job_rows)))
@@ -241,12 +283,15 @@ class PostgresStore:
         results: Mapping[str, Mapping[str, int]] | None = None,
         shots: int | None = None,
         detail: Mapping[str, Any] | None = None,
+        epoch: int | None = None,
     ) -> JobState:
         """Move a job to ``target`` and record why, with its results when it completed.
 
         All in one transaction: the job row, its results, its event and its batch's state.
         Raises IllegalTransition if the state machine does not allow the move from the
-        job's current state. Returns the batch's state afterwards.
+        job's current state. Returns the batch's state afterwards. ``epoch``: the lease
+        the caller holds (store/cluster.py); LeaseLost, changing nothing, if this node
+        holds it no more.
         """
         # before the transaction: counts that cannot be stored fail here, changing nothing
         result_rows = [(label, _dumps(counts),
@@ -256,9 +301,12 @@ class PostgresStore:
         async def op(conn: Conn) -> JobState:
             # the batch row first, then the job's: every move of one batch waits its turn,
             # so each sees the others' counts
-            row = await _one(conn, "SELECT j.state, j.batch_id, b.cancel_requested, b.state "
+            row = await _one(conn, "SELECT j.state, j.batch_id, b.cancel_requested, b.state, "
+                                   "j.lease_node, j.lease_epoch "
                                    "FROM jobs j JOIN batches b ON b.id = j.batch_id "
                                    "WHERE j.id = %s FOR UPDATE OF b, j", (job_id,))
+            if row is not None:
+                self._fence(job_id, row[4], row[5], epoch)
             if row is None or not can_move(JobState(row[0]), target):
                 raise illegal(job_id, None if row is None else row[0], target)
             current, batch_id = JobState(row[0]), str(row[1])
@@ -303,6 +351,9 @@ class PostgresStore:
             if remote_status is not None:
                 event_detail.setdefault("remote_status", remote_status)
             await _event(conn, now, batch_id, job_id, "job_state", target, event_detail or None)
+            # at commit: long-polls and event streams of every node wake (store/cluster.py)
+            await conn.execute("SELECT pg_notify('qjobd_batch', %s)",
+                               (f"{self.node or ''}|{batch_id}",))
             return await _refresh_batch(conn, batch_id, JobState(row[3]), bool(row[2]), now)
 
         return await self.write(op)
@@ -321,17 +372,19 @@ class PostgresStore:
         async def op(conn: Conn) -> None:
             now = time.time()
             async with conn.cursor() as cur:
+                # a node writes the schedule of the jobs it holds only
+                mine = "AND lease_node IS NOT DISTINCT FROM %s"
                 await cur.executemany(
                     "UPDATE jobs SET poll_interval = %s, next_poll_at = %s "
-                    f"WHERE id = %s AND state IN ({_ACTIVE_SQL})",
-                    [(interval, due, job_id) for job_id, _, interval, due in rows])
+                    f"WHERE id = %s AND state IN ({_ACTIVE_SQL}) {mine}",
+                    [(interval, due, job_id, self.node) for job_id, _, interval, due in rows])
                 for job_id, raw, _, _ in rows:
                     if raw is None:
                         continue
                     await cur.execute(
                         "UPDATE jobs SET remote_status = %s, updated_at = %s "
-                        f"WHERE id = %s AND state IN ({_ACTIVE_SQL}) RETURNING batch_id",
-                        (raw, now, job_id))
+                        f"WHERE id = %s AND state IN ({_ACTIVE_SQL}) {mine} RETURNING batch_id",
+                        (raw, now, job_id, self.node))
                     changed = await cur.fetchone()
                     if changed is not None:
                         await _event(conn, now, str(changed[0]), job_id, "remote_status", None,
@@ -339,11 +392,16 @@ class PostgresStore:
 
         await self.write(op)
 
-    async def record_remote_id(self, job_id: str, remote_id: str) -> None:
+    async def record_remote_id(self, job_id: str, remote_id: str, *,
+                               epoch: int | None = None) -> None:
         """Keep the id of a job still being created (a multi-request submission)."""
 
         async def op(conn: Conn) -> None:
             now = time.time()
+            lease = await _one(conn, "SELECT lease_node, lease_epoch FROM jobs WHERE id = %s "
+                                     "FOR UPDATE", (job_id,))
+            if lease is not None:
+                self._fence(job_id, lease[0], lease[1], epoch)
             row = await _one(
                 conn, "UPDATE jobs SET remote_id = %s, updated_at = %s WHERE id = %s "
                       "AND state = %s RETURNING batch_id",
@@ -368,6 +426,9 @@ class PostgresStore:
                 (now, batch_id)) is not None
             if changed:
                 await _event(conn, now, batch_id, None, "cancel_requested", None, None)
+                # at commit: the nodes that hold the batch's jobs cancel them
+                await conn.execute("SELECT pg_notify('qjobd_cancel', %s)",
+                                   (f"{self.node or ''}|{batch_id}",))
             return changed
 
         return await self.write(op)
@@ -400,6 +461,15 @@ class PostgresStore:
                 break
             await asyncio.sleep(0)
         return retention.Purge(batches, events, chunks, time.monotonic() - started)
+
+    def _fence(self, job_id: str, node: str | None, held: int, epoch: int | None) -> None:
+        """LeaseLost unless this node holds the job's lease at ``epoch`` (no check for a
+        caller that names no epoch: the API, a tool, a daemon alone on its database)."""
+        if epoch is None or self.node is None:
+            return
+        if node != self.node or int(held) != epoch:
+            raise LeaseLost(f"job {job_id} is leased to {node or 'no node'} (epoch {held}), "
+                            f"not to {self.node} (epoch {epoch})")
 
     # -- reads -----------------------------------------------------------------------
 
@@ -741,6 +811,7 @@ async def _jobs_of(conn: Conn, batch_ids: Sequence[str]) -> dict[str, tuple[Job,
 
 async def _event(conn: Conn, ts: float, batch_id: str | None, job_id: str | None,
                  kind: str, state: str | None, detail: Mapping[str, Any] | None) -> None:
+    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (EVENT_LOCK,))
     await conn.execute(
         "INSERT INTO events (ts, batch_id, job_id, kind, state, detail) "
         "VALUES (%s, %s, %s, %s, %s, %s)",

@@ -172,8 +172,12 @@ class Store:
         results: Mapping[str, Mapping[str, int]] | None = None,
         shots: int | None = None,
         detail: Mapping[str, Any] | None = None,
+        epoch: int | None = None,
     ) -> JobState:
         """Move a job to ``target`` and record why, with its results when it completed.
+
+        (``epoch``, a job lease's, fences writes of several daemons on one PostgreSQL
+        store; one daemon alone on its SQLite file holds every job: it is not checked.)
 
         All in one transaction: the job row, its results, its event and its batch's state.
         Raises IllegalTransition if the state machine does not allow the move from the
@@ -257,7 +261,8 @@ class Store:
 
         await self.write(op)
 
-    async def record_remote_id(self, job_id: str, remote_id: str) -> None:
+    async def record_remote_id(self, job_id: str, remote_id: str, *,
+                               epoch: int | None = None) -> None:
         """Keep the id of a job still being created (a multi-request submission)."""
 
         def op(conn: sqlite3.Connection) -> None:

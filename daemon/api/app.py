@@ -343,6 +343,7 @@ class _Api:
                       "backlog": writer.backlog, "last_error": writer.stats.last_error},
             "backends": {name: views.backend_view(stats, self.ctx.backends[name].health())
                          for name, stats in self.ctx.scheduler.stats().items()},
+            **({"cluster": leases.view()} if (leases := self.ctx.scheduler.leases) else {}),
         })
 
     async def metrics(self, request: Request) -> Response:

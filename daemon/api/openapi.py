@@ -229,6 +229,10 @@ def _schemas(limits: DaemonConfig) -> dict[str, Any]:
                              "engine figures (requests, errors, rate-limit pause, poll lag) "
                              "and its own health details",
                              "additionalProperties": {"type": "object"}},
+                "cluster": {"type": "object", "description": "only when several daemons "
+                            "share a PostgreSQL store: this node, its lease time, whether its "
+                            "leases are good, its budget share, and the live nodes with "
+                            "their leases (jobs held) and budget shares"},
             },
         },
     }

@@ -33,6 +33,15 @@ class BatchChanges:
         self._any.set()
         self._any = asyncio.Event()
 
+    def notify_all(self) -> None:
+        """Wake every waiter (changes may have been missed: each reads its batch again)."""
+        for event in self._waiters.values():
+            event.set()
+        self._waiters.clear()
+        self._holders.clear()
+        self._any.set()
+        self._any = asyncio.Event()
+
     def watch(self, batch_id: str) -> asyncio.Event:
         """An event set at the batch's next change (or when the daemon stops).
 

@@ -50,7 +50,7 @@ from qjobd.backends.errors import (
 from qjobd.backends.qasm import QasmError
 from qjobd.daemon.config import PollingConfig
 from qjobd.daemon.engine.schedule import Backoff
-from qjobd.store.errors import StoreError
+from qjobd.store.errors import LeaseLost, StoreError
 from qjobd.store.states import IllegalTransition, JobEnded
 
 #: how long a backend whose credentials were refused waits before trying again
@@ -122,6 +122,8 @@ class Action(enum.Enum):
     LOOKUP = "lookup"
     #: finish, or cancel, the upload a crash interrupted
     RESUME_UPLOAD = "resume_upload"
+    #: another node holds the job now (several daemons, one store): forget it here
+    RELEASE = "release"
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +176,12 @@ class Rule:
 #: what each step does about each error: the first row whose step and error type match
 #: decides. A step meeting an error no row names lets it go on to its caller (RAISE).
 RULES: tuple[Rule, ...] = (
+    # -- several daemons, one store: a fenced write found the job's lease gone to another
+    #    node (this one was partitioned, or paused, past its lease); that node settles the
+    #    job as a restart would, this one lets go of it at once, whatever it was doing
+    *(Rule(step, LeaseLost, Action.RELEASE, say="lease lost: another node has the job",
+           level="info")
+      for step in (Step.PREPARE, Step.CREATE, Step.SUBMIT, Step.RECORD, Step.RESULTS)),
     # -- submitting ------------------------------------------------------------------
     Rule(Step.PREPARE, QasmError, Action.FAIL, text="{error}"),
     Rule(Step.CREATE, Rejected, Action.FAIL, text="rejected by {backend}: {error}"),
@@ -268,6 +276,12 @@ class RetryPolicy:
                 decision, pause=max(pause, decision.pause),
                 say=_joined("rate limited; pausing backend", decision.say))
         return decision
+
+    @staticmethod
+    def released(error: BaseException | None) -> bool:
+        """Whether ``error`` says the job's lease passed to another node: whatever the
+        step, the engine lets go of the job (RELEASE)."""
+        return isinstance(error, LeaseLost)
 
     def _wait(self, wait: Wait, previous: float | None) -> float:
         match wait:

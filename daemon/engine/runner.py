@@ -15,7 +15,7 @@ import contextvars
 import dataclasses
 import random
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -31,6 +31,7 @@ from qjobd.daemon.engine.histogram import Histogram
 from qjobd.daemon.engine.policy import LOOKUP_CLOCK_SKEW, Action, Decision, RetryPolicy, Step
 from qjobd.daemon.engine.ratelimit import Priority, RequestBudget
 from qjobd.daemon.engine.schedule import PollSchedule
+from qjobd.store.errors import LeaseLost
 from qjobd.store.models import Batch, Job
 from qjobd.store.states import JobState, can_move
 from qjobd.store.store import Store
@@ -90,6 +91,9 @@ class Tracked:
     taken: bool = False
     #: the key its create carries, when the engine was handed the job (else read)
     submission_key: str | None = None
+    #: its lease's epoch, which every store write for it names (several daemons on one
+    #: PostgreSQL store, store/cluster.py); None alone on a store
+    epoch: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +154,13 @@ class BackendRunner:
         self._errors = 0
         self._last_error: str | None = None
         self._poll_lag = Histogram()
+        #: several daemons on one store: whether this node's leases are still good (it
+        #: sends no create once they may have passed to another node), and who hears of a
+        #: pause the provider ordered (every other node pauses too)
+        self.leases_valid: Callable[[], bool] | None = None
+        self.on_pause: Callable[[float], None] | None = None
+        #: the node's share of the backend's budget (1 alone; 1/N of N live nodes)
+        self._share = 1.0
 
     # -- public ----------------------------------------------------------------------
 
@@ -173,7 +184,8 @@ class BackendRunner:
         """
         await self.backend.reconfigure(config.options)
         if config.requests_per_second != self._config.requests_per_second:
-            self._budget.set_rate(config.requests_per_second)
+            rate = config.requests_per_second
+            self._budget.set_rate(rate * self._share if rate else rate)
         if config.polling != self._config.polling:
             self._schedule = PollSchedule(config.polling)
             self._policy = RetryPolicy(self.name, config.polling)
@@ -184,22 +196,33 @@ class BackendRunner:
         tracked = self._jobs.get(job_id)
         return None if tracked is None else tracked.next_at
 
-    async def resume(self, jobs: Iterable[Job]) -> None:
-        """Take over the non-terminal jobs found in the store at start."""
+    async def resume(self, jobs: Iterable[Job], *, epochs: Mapping[str, int] | None = None,
+                     settle_after: Mapping[str, float] | None = None) -> None:
+        """Take over non-terminal jobs found in the store: at start, or leased from a node
+        that died (``epochs``: each job's lease; ``settle_after``: seconds to wait before
+        settling an interrupted submission, so that a create its last holder sent before
+        its lease ran out has landed by then)."""
         now, wall = self._calendar.now(), time.time()
         durable = self.backend.capabilities.durable
         overdue: list[Tracked] = []
         for job in jobs:
+            if job.id in self._jobs:  # claimed again (its lease had run out): a new epoch
+                if epochs is not None and job.id in epochs:
+                    self._jobs[job.id].epoch = epochs[job.id]
+                continue
             tracked = Tracked(job.id, job.batch_id, job.state, job.remote_id,
                               job.poll_interval, job.remote_status, next_at=job.next_poll_at,
-                              saved_at=job.next_poll_at)
+                              saved_at=job.next_poll_at, submission_key=job.submission_key,
+                              epoch=None if epochs is None else epochs.get(job.id))
             if job.poll_interval is not None:
                 tracked.saved_step = self._schedule.step_of(job.poll_interval)
             self._jobs[job.id] = tracked
             if job.state == JobState.QUEUED:
                 self._submit_queue.put_nowait(job.id)
             elif job.state == JobState.SUBMITTING or not durable:
-                self._spawn(self._recover(tracked))
+                delay = (settle_after or {}).get(job.id, 0.0)
+                self._spawn(self._recover_after(tracked, delay) if delay > 0
+                            else self._recover(tracked))
             else:
                 wait = (job.next_poll_at - wall) if job.next_poll_at else 0.0
                 if wait <= 0:
@@ -215,15 +238,44 @@ class BackendRunner:
         if self._jobs:
             self._log.info("resumed jobs", jobs=len(self._jobs))
 
-    def enqueue(self, jobs: Iterable[Job], batch: Batch | None = None) -> None:
+    def enqueue(self, jobs: Iterable[Job], batch: Batch | None = None, *,
+                epoch: int | None = None) -> None:
         """Accept newly stored (queued) jobs; ``batch``, the one just stored, saves the
-        submitter reading its settings back."""
+        submitter reading its settings back; ``epoch``: their leases' (several daemons)."""
         if batch is not None:
             self._remember(dataclasses.replace(batch, jobs=()))
         for job in jobs:
             self._jobs[job.id] = Tracked(job.id, job.batch_id, job.state, None, None, None,
-                                         submission_key=job.submission_key)
+                                         submission_key=job.submission_key, epoch=epoch)
             self._submit_queue.put_nowait(job.id)
+
+    def held(self) -> dict[str, int | None]:
+        """The jobs this engine drives, with their leases' epochs."""
+        return {job_id: t.epoch for job_id, t in self._jobs.items()}
+
+    def release(self, job_ids: Iterable[str], why: str) -> int:
+        """Let go of jobs whose lease passed to another node: nothing more is sent or
+        written for them here (a request in flight finds them gone, or is fenced)."""
+        released = 0
+        for job_id in job_ids:
+            tracked = self._jobs.pop(job_id, None)
+            if tracked is not None:
+                tracked.pending_end = None
+                released += 1
+        if released:
+            self._log.info("released jobs", jobs=released, reason=why)
+        return released
+
+    def set_share(self, share: float) -> None:
+        """This node's share of the backend's budget: ``requests_per_second`` is the
+        budget of every node together (several daemons on one store)."""
+        self._share = share
+        rate = self._config.requests_per_second
+        self._budget.set_rate(rate * share if rate else rate)
+
+    def pause(self, seconds: float) -> None:
+        """Another node was told to pause this backend: pause here too."""
+        self._budget.pause(seconds)
 
     async def cancel(self, job_ids: Sequence[str], *, reason: JobState = JobState.CANCELED,
                      why: str = "canceled by user") -> None:
@@ -240,7 +292,7 @@ class BackendRunner:
                 # running orphaned; or before the create, so it never starts
                 tracked.pending_end = (reason, why)
             elif tracked.remote_id is None:
-                await self._move(tracked, reason, error=error, detail={"reason": why})
+                await self._end(tracked, reason, error, why)
             else:
                 remote.append(tracked)
         chunk = max(1, self.backend.capabilities.max_status_batch)
@@ -266,7 +318,16 @@ class BackendRunner:
                                                            RemoteState.FAILED):
                     await self._handle_safely(tracked, status)
                 else:
-                    await self._move(tracked, reason, error=error, detail={"reason": why})
+                    await self._end(tracked, reason, error, why)
+
+    async def _end(self, tracked: Tracked, reason: JobState, error: str | None,
+                   why: str) -> None:
+        """A cancel's or a timeout's move (a job whose lease passed on: its holder's)."""
+        try:
+            await self._move(tracked, reason, error=error, detail={"reason": why})
+        except Exception as exc:
+            if not self._policy.released(exc):
+                raise
 
     async def run(self) -> None:
         """The engine's loops; runs until cancelled."""
@@ -335,11 +396,19 @@ class BackendRunner:
 
         async def created(remote_id: str) -> None:
             # a multi-request create: keep the id before the upload, to settle a crash
-            await self._store.record_remote_id(tracked.job_id, remote_id)
+            await self._store.record_remote_id(tracked.job_id, remote_id, epoch=tracked.epoch)
             tracked.remote_id = remote_id
 
+        async def submit(request: SubmitRequest, **kw: Any) -> str:
+            # after the budget's wait, just before the request: a node whose leases may
+            # have run out sends nothing (another node may be settling the job already)
+            if self.leases_valid is not None and not self.leases_valid():
+                raise LeaseLost(f"job {tracked.job_id}: this node's leases may have "
+                                "expired; it sends no create")
+            return await self.backend.submit(request, **kw)
+
         try:
-            remote_id = await self._request(self.backend.submit, request, created=created,
+            remote_id = await self._request(submit, request, created=created,
                                             _priority=Priority.CREATE)
         except Exception as exc:
             await self._obey(tracked, self._decide(Step.CREATE, exc))
@@ -408,6 +477,11 @@ class BackendRunner:
                 self._push(tracked, self._calendar.now())
 
         ended.add_done_callback(poll_now)
+
+    async def _recover_after(self, tracked: Tracked, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self._jobs.get(tracked.job_id) is tracked:
+            await self._recover(tracked)
 
     async def _recover(self, tracked: Tracked) -> None:
         """Settle a job whose submission or remote job may have been lost with a crash.
@@ -669,6 +743,8 @@ class BackendRunner:
         if decision.pause:
             self._budget.pause(decision.pause)
             log_fields["pause"] = decision.pause
+            if self.on_pause is not None:
+                self.on_pause(decision.pause)
         if decision.delay:
             log_fields["delay"] = round(decision.delay, 3)
         if decision.say is not None:
@@ -694,6 +770,8 @@ class BackendRunner:
                 self._retry_later(tracked, decision.delay)
             case Action.CARRY_ON:
                 pass
+            case Action.RELEASE:
+                self.release([tracked.job_id], "its lease passed to another node")
             case _:
                 raise ValueError(f"{decision.action} is not an action on one job")
 
@@ -724,7 +802,13 @@ class BackendRunner:
             _PRIORITY.reset(token)
 
     async def _move(self, tracked: Tracked, target: JobState, **changes: Any) -> None:
-        batch_state = await self._store.transition(tracked.job_id, target, **changes)
+        try:
+            batch_state = await self._store.transition(tracked.job_id, target,
+                                                       epoch=tracked.epoch, **changes)
+        except Exception as exc:
+            if self._policy.released(exc):  # nothing more is done for it here
+                self.release([tracked.job_id], "its lease passed to another node")
+            raise
         tracked.state = target
         if "remote_id" in changes and changes["remote_id"] is not None:
             tracked.remote_id = str(changes["remote_id"])
@@ -787,7 +871,11 @@ class BackendRunner:
             if slot:
                 self._slots.release()
             if not t.cancelled() and t.exception() is not None:
-                self._log.error("engine task failed", error=repr(t.exception()))
+                error = t.exception()
+                if self._policy.released(error):  # e.g. a settling taken by another node
+                    self._log.info("lease lost: another node has the job", error=str(error))
+                    return
+                self._log.error("engine task failed", error=repr(error))
 
         task.add_done_callback(done)
 

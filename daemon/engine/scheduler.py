@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import time
 from collections.abc import Mapping
@@ -11,8 +12,10 @@ import structlog
 
 from qjobd.backends.base import Backend
 from qjobd.daemon.config import BackendConfig
+from qjobd.daemon.engine.leases import LeaseKeeper
 from qjobd.daemon.engine.notify import BatchChanges
 from qjobd.daemon.engine.runner import BackendRunner, RunnerStats
+from qjobd.store.cluster import Claimed, Cluster
 from qjobd.store.models import Batch, Job
 from qjobd.store.states import JobState
 from qjobd.store.store import Store
@@ -24,11 +27,18 @@ class Scheduler:
     """Owns one :class:`BackendRunner` per configured backend."""
 
     def __init__(self, store: Store, backends: Mapping[str, Backend],
-                 configs: Mapping[str, BackendConfig], changes: BatchChanges) -> None:
+                 configs: Mapping[str, BackendConfig], changes: BatchChanges,
+                 cluster: Cluster | None = None) -> None:
         self.store = store
         self.changes = changes
         self.runners = {name: BackendRunner(backend, configs[name], store, changes.notify)
                         for name, backend in backends.items()}
+        #: several daemons on one PostgreSQL store: this node's leases (None: alone)
+        self.leases: LeaseKeeper | None = None
+        if cluster is not None:
+            self.leases = LeaseKeeper(cluster, self.runners, self._adopt)
+            for name, runner in self.runners.items():
+                runner.on_pause = functools.partial(self._publish_pause, name)
         self._deadlines: list[tuple[float, str]] = []
         self._deadline_wake = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
@@ -40,7 +50,10 @@ class Scheduler:
     async def run(self) -> None:
         """Resume stored work, then drive every backend until cancelled."""
         started = time.monotonic()
-        await self._resume()
+        if self.leases is not None:
+            await self.leases.start()
+        else:
+            await self._resume()
         self.resume_seconds = time.monotonic() - started
         self.resumed_jobs = self.in_flight()
         self.resumed.set()
@@ -48,6 +61,11 @@ class Scheduler:
                  seconds=round(self.resume_seconds, 3))
         tasks = [asyncio.create_task(r.run(), name=f"runner-{n}") for n, r in self.runners.items()]
         tasks.append(asyncio.create_task(self._deadline_loop(), name="deadlines"))
+        if self.leases is not None:
+            tasks.append(asyncio.create_task(self.leases.run(), name="leases"))
+            tasks.append(asyncio.create_task(self.leases.cluster.listen(
+                on_batch=self._other_node_moved, on_cancel=self._other_node_canceled,
+                on_pause=self._other_node_paused), name="notifications"))
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -56,9 +74,56 @@ class Scheduler:
             await asyncio.gather(*tasks, *self._background, return_exceptions=True)
 
     def accepted(self, batch: Batch) -> None:
-        """A batch was just stored: start its jobs."""
-        self.runners[batch.backend].enqueue(batch.jobs, batch)
+        """A batch was just stored: start its jobs (leased to this node, first epoch)."""
+        self.runners[batch.backend].enqueue(batch.jobs, batch,
+                                            epoch=1 if self.leases is not None else None)
         self._watch_deadline(batch)
+
+    # -- several daemons, one store ----------------------------------------------------
+
+    async def _adopt(self, claimed: list[Claimed]) -> None:
+        """Jobs this node just leased: to their engines, settled as after a restart;
+        their batches' cancels and deadlines are this node's to carry out now."""
+        by_backend: dict[str, list[Claimed]] = {}
+        for c in claimed:
+            if c.job.backend in self.runners:
+                by_backend.setdefault(c.job.backend, []).append(c)
+        assert self.leases is not None
+        for name, items in by_backend.items():
+            runner = self.runners[name]
+            timeout = float(getattr(runner.backend, "timeout", 30.0))
+            await runner.resume([c.job for c in items],
+                                epochs={c.job.id: c.epoch for c in items},
+                                settle_after={c.job.id: self.leases.settle_delay(c, timeout)
+                                              for c in items})
+        for batch_id in sorted({c.job.batch_id for c in claimed}):
+            batch = await self.store.get_batch(batch_id, with_jobs=True)
+            if batch.cancel_requested:
+                self.cancel(batch)
+            self._watch_deadline(batch)
+
+    def _other_node_moved(self, payload: str) -> None:
+        node, _, batch_id = payload.partition("|")
+        if not batch_id:
+            self.changes.notify_all()  # reconnected: anything may have changed
+        elif node != (self.leases.node if self.leases else None):
+            self.changes.notify(batch_id)
+
+    async def _other_node_canceled(self, payload: str) -> None:
+        node, _, batch_id = payload.partition("|")
+        if batch_id and node != (self.leases.node if self.leases else None):
+            self.cancel(await self.store.get_batch(batch_id))
+
+    def _other_node_paused(self, backend: str, seconds: float) -> None:
+        runner = self.runners.get(backend)
+        if runner is not None:
+            log.info("another node was told to pause the backend; pausing", backend=backend,
+                     pause=seconds)
+            runner.pause(seconds)
+
+    def _publish_pause(self, backend: str, seconds: float) -> None:
+        if self.leases is not None:
+            self._spawn(self.leases.cluster.publish_pause(backend, seconds))
 
     def cancel(self, batch: Batch) -> None:
         """End a batch's unfinished jobs as canceled (in the background)."""

@@ -46,6 +46,7 @@ from qjobd.store import retention
 from qjobd.store.factory import is_url, mask_url, open_store, url_password
 
 if TYPE_CHECKING:
+    from qjobd.store.cluster import Cluster
     from qjobd.store.factory import AnyStore
 
 log = structlog.get_logger("qjobd")
@@ -150,9 +151,22 @@ class _Service:
         if is_url(database):
             assert isinstance(database, str)
             logs.add_secrets([url_password(database) or ""])
-        store = await open_store(database, exclusive=True)
+        # several daemons may share a PostgreSQL store: each joins as a node (a name only
+        # one live daemon may have) and drives the jobs it holds the leases of
+        store = await open_store(database)
+        cluster: Cluster | None = None
+        if is_url(database):
+            from qjobd.store.cluster import Cluster
+            from qjobd.store.postgres import PostgresStore
+            assert isinstance(store, PostgresStore)
+            cluster = Cluster(store, config.daemon.node_name(), config.daemon.lease_seconds)
+            try:
+                await cluster.join()
+            except BaseException:
+                await store.close()
+                raise
         log.info("store open", database=mask_url(database) if isinstance(database, str)
-                 else str(database))
+                 else str(database), node=None if cluster is None else cluster.node)
         # the parse workers start now, in the background: they import Qiskit while the
         # backends start; a submission that comes before they are ready waits for them
         parser = ParsePool(config.daemon.parse_workers or None,
@@ -163,16 +177,17 @@ class _Service:
         try:
             sup.say("starting backends")
             async with started_backends(config) as backends:
-                await self._run(store, backends, parser)
+                await self._run(store, backends, parser, cluster)
         finally:
             qasm.set_offload(None)
             await parser.aclose()
             await store.close()
             log.info("stopped")
 
-    async def _run(self, store: AnyStore, backends: dict[str, Backend], parser: ParsePool) -> None:
+    async def _run(self, store: AnyStore, backends: dict[str, Backend], parser: ParsePool,
+                   cluster: Cluster | None = None) -> None:
         config, sup = self.config, self.supervisor
-        daemon = wire(config, store, backends, parser)
+        daemon = wire(config, store, backends, parser, cluster)
         scheduler = daemon.scheduler
         if self.inherited:
             sockets, where, owned = self.inherited, _names(self.inherited), None

@@ -78,13 +78,18 @@ def test_kill_9_mid_batch_then_restart_completes_it_from_postgresql(
     assert n == 4
 
 
-def test_a_second_daemon_on_the_same_postgresql_database_refuses_to_start(
+def test_a_second_daemon_with_the_same_node_name_refuses_to_start(
         qjobd: Daemon, postgres_url: str) -> None:
-    other = Daemon(short_tmpdir(), LOCAL_CONFIG, env={"QJOBD_DATABASE": postgres_url})
+    # several daemons share a database, each as a node of its own name: the fixture's
+    # is named after its host and socket; a second one given that very name is refused
+    with qjobd.http() as c:
+        node = c.get("/v1/health").json()["cluster"]["node"]
+    other = Daemon(short_tmpdir(), LOCAL_CONFIG, env={"QJOBD_DATABASE": postgres_url,
+                                                      "QJOBD_NODE": node})
     r = subprocess.run([str(BIN / "qjobd"), "serve"], env=other.env, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 1
-    assert "already serving on database" in r.stderr and postgres_url in r.stderr
+    assert f"another qjobd runs as node {node!r}" in r.stderr and postgres_url in r.stderr
     with qjobd.http() as c:  # the first one is unharmed
         assert c.get("/v1/health").status_code == 200
 

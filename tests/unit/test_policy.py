@@ -264,7 +264,8 @@ def test_the_first_matching_row_decides_and_an_unnamed_error_is_raised():
 def test_every_row_can_be_carried_out_at_its_step():
     """The runner carries out these actions at these steps (the rest are its callers')."""
     job_actions = {Action.POLL_AGAIN, Action.FAIL, Action.REQUEUE, Action.RESYNC,
-                   Action.RECOVER, Action.RECONCILE, Action.RETRY_LATER, Action.CARRY_ON}
+                   Action.RECOVER, Action.RECONCILE, Action.RETRY_LATER, Action.CARRY_ON,
+                   Action.RELEASE}
     allowed = {Step.SETTLE: {Action.RETRY}, Step.CANCEL: {Action.CARRY_ON},
                Step.CONFIRM: {Action.CARRY_ON}, Step.SCHEDULE: {Action.REWRITE}}
     for rule in RULES:
