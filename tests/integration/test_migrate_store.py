@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from qjobd.store.schema import MIGRATIONS, POSTGRES_MIGRATIONS
 from qjobd.store.states import JobState
 from qjobd.store.store import Store
 from qjobd.testing.daemon_process import BIN, wait_until
+from qjobd.testing.postgres import PostgresServer
 from tests.conftest import committed, eventually
 
 CHUNK = 3
@@ -198,6 +200,35 @@ async def test_sequences_continue_past_the_copied_maxima_and_the_deleted_event(
         assert events[0].kind == "batch_created"
     finally:
         await pg.close()
+
+
+@pytest.fixture
+def icu_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A database whose text sorts as English does ('alpha' < 'Zeta'), not bytewise."""
+    name = f"icu_{secrets.token_hex(6)}"
+    try:
+        postgres_server.execute(f'CREATE DATABASE "{name}" TEMPLATE template0 '
+                                "LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C'")
+    except psycopg.Error as exc:
+        pytest.skip(f"no ICU collations on this server: {exc}")
+    yield postgres_server.url_of(name)
+    postgres_server.drop_database(name)
+
+
+async def test_keys_are_compared_bytewise_whatever_the_databases_collation(
+        source: tuple[Path, dict[str, str]], icu_url: str) -> None:
+    db, _ = source
+    store = await Store.open(db)
+    try:
+        await store.create_batch(new_batch(("Zeta", "alpha", "Ärger", "beta", "_x", "10", "9")))
+    finally:
+        await store.close()
+    [(sorted_there,)] = committed(icu_url, "SELECT array_agg(x ORDER BY x) FROM "
+                                           "unnest(ARRAY['Zeta', 'alpha']) x")
+    assert sorted_there == ["alpha", "Zeta"]  # not SQLite's order
+    report = await run_migrate(db, icu_url)
+    assert {t.name: t.verified for t in report.tables} == rows_of(db)
+    await assert_same_through_both_stores(db, icu_url)
 
 
 async def test_a_rerun_after_a_finished_migration_checks_again_and_changes_nothing(
