@@ -461,7 +461,12 @@ def _inspect_target(pg: psycopg.Connection[Any], masked: str
 
 
 def _create_schema(url: str) -> None:
-    """The daemon's own schema, created or brought up to date as ``qjobd serve`` does."""
+    """The daemon's own schema, created or brought up to date as ``qjobd serve`` does.
+
+    Before the rows: a PostgreSQL step that derives rows from existing ones (as SQLite's
+    step 2 fills batch_job_counts) finds none here, so a table it fills must be derived
+    again after the copy, or be one of TABLES.
+    """
     from qjobd.store.postgres import _migrate
 
     async def create() -> None:
