@@ -178,5 +178,30 @@ def _store_families(ctx: Context) -> list[Family]:
 
 
 async def exposition(ctx: Context, *, version: str) -> str:
-    """The body of ``GET /metrics``."""
-    return render(await collect(ctx, version=version))
+    """The body of ``GET /metrics``; with several daemons on one store, every sample is
+    labelled with this daemon's ``node``, and the cluster's nodes are counted."""
+    families = await collect(ctx, version=version)
+    leases = ctx.scheduler.leases
+    if leases is None:
+        return render(families)
+    families += [
+        Family("qjobd_cluster_nodes", "gauge", "Live daemons on this store (heartbeat within "
+               "lease_seconds), as this node saw them at its last lease round")
+        .add(len(leases.nodes)),
+        Family("qjobd_cluster_node_leases", "gauge",
+               "Unfinished jobs whose lease each live node holds", [
+                   ({"holder": n.name}, n.jobs) for n in leases.nodes]),
+        Family("qjobd_cluster_budget_share", "gauge", "This node's share of each "
+               "backend's requests_per_second (the budget of every node together)")
+        .add(1.0 / max(1, len(leases.nodes))),
+        Family("qjobd_cluster_leases_valid", "gauge", "1 while this node may act on its "
+               "leases (renewed in time), else 0").add(int(leases.valid())),
+        Family("qjobd_cluster_jobs_claimed_total", "counter", "Jobs this node claimed (at "
+               "start, and from nodes that died)").add(leases.claimed),
+        Family("qjobd_cluster_jobs_released_total", "counter", "Jobs this node let go of: "
+               "their lease passed to another node").add(leases.released),
+    ]
+    for family in families:
+        family.samples = [({"node": leases.node, **labels}, value)
+                          for labels, value in family.samples]
+    return render(families)
