@@ -30,7 +30,8 @@ test-unit: $(STAMP)
 
 ## install: install qjobd as a hardened systemd service (as root): its own virtual
 ## environment in /opt/qjobd, the units, sysusers, /etc/qjobd; see README "Run as a service".
-## Variables: PREFIX, SYSCONFDIR, UNITDIR, BINDIR, DESTDIR (see systemd/install.sh).
+## Variables: PREFIX, SYSCONFDIR, UNITDIR, BINDIR, DESTDIR, EXTRAS (e.g. postgresql; see
+## systemd/install.sh).
 install:
 	PYTHON=$(PYTHON) sh systemd/install.sh
 

@@ -38,7 +38,8 @@ if [ "${QJOBD_NO_VENV:-0}" != 1 ]; then
     "$PYTHON" -m venv "$DESTDIR$PREFIX"
     "$DESTDIR$PREFIX/bin/pip" install --quiet --upgrade pip
     # a copy, not an editable install: the service must not run code from a work tree
-    "$DESTDIR$PREFIX/bin/pip" install --quiet --upgrade "$SRC"
+    # EXTRAS: optional parts, e.g. EXTRAS=postgresql for a store shared by several servers
+    "$DESTDIR$PREFIX/bin/pip" install --quiet --upgrade "$SRC${EXTRAS:+[$EXTRAS]}"
 fi
 install -d -m 755 "$DESTDIR$PREFIX"
 install -m 644 "$SRC/README.md" "$DESTDIR$PREFIX/README.md"
