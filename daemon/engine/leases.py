@@ -81,17 +81,15 @@ class LeaseKeeper:
         return len(claimed)
 
     async def run(self) -> None:
-        """A round every ``interval`` seconds, until cancelled; then a clean hand-over."""
-        try:
-            while True:
-                await asyncio.sleep(self.interval)
-                try:
-                    await self.round()
-                except Exception as exc:  # the database may be away: try again next round
-                    log.warning("lease round failed; its leases run out unless renewed",
-                                error=self.cluster.store.mask(str(exc)))
-        finally:
-            await asyncio.shield(self._leave())
+        """A round every ``interval`` seconds, until cancelled (then the scheduler, once
+        its engines stopped, hands the leases over: :meth:`leave`)."""
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.round()
+            except Exception as exc:  # the database may be away: try again next round
+                log.warning("lease round failed; its leases run out unless renewed",
+                            error=self.cluster.store.mask(str(exc)))
 
     async def round(self) -> None:
         sent = time.monotonic()
@@ -145,7 +143,8 @@ class LeaseKeeper:
         return {"backends": {name: {"jobs": len(r.held())}
                              for name, r in self._runners.items()}}
 
-    async def _leave(self) -> None:
+    async def leave(self) -> None:
+        """A clean stop, the engines stopped: the other nodes take the jobs at once."""
         try:
             await self.cluster.leave()
         except Exception as exc:

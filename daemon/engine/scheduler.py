@@ -8,6 +8,7 @@ import heapq
 import time
 from collections.abc import Mapping
 
+import anyio
 import structlog
 
 from qjobd.backends.base import Backend
@@ -72,6 +73,9 @@ class Scheduler:
             for task in [*tasks, *self._background]:
                 task.cancel()
             await asyncio.gather(*tasks, *self._background, return_exceptions=True)
+            if self.leases is not None:  # every engine stopped: nothing more is sent
+                with anyio.CancelScope(shield=True):  # the service's stop cancels us
+                    await self.leases.leave()
 
     def accepted(self, batch: Batch) -> None:
         """A batch was just stored: start its jobs (leased to this node, first epoch)."""

@@ -285,3 +285,15 @@ def test_the_runner_names_no_error_type_what_it_retries_is_decided_in_policy_py(
     retry_words = {"Unavailable", "RateLimited", "Rejected", "AuthError", "ProtocolError",
                    "StoreError", "IllegalTransition", "QasmError", "Backoff", "AUTH_PAUSE"}
     assert not imported & retry_words
+
+
+def test_a_lost_lease_releases_the_job_at_every_step_that_writes_for_it():
+    """Several daemons, one store: a fenced write found another node holding the job."""
+    from qjobd.store.errors import LeaseLost
+
+    p = RetryPolicy("b", PollingConfig())
+    for step in (Step.PREPARE, Step.CREATE, Step.SUBMIT, Step.RECORD, Step.RESULTS):
+        decision = p.decide(step, LeaseLost("leased to node-2"))
+        assert decision.action is Action.RELEASE, step
+        assert decision.level == "info"  # expected after a partition: not an error
+    assert p.released(LeaseLost("x")) and not p.released(StoreError("x"))
