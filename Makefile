@@ -107,3 +107,15 @@ bench-submit: $(STAMP)
 COST_ARGS ?=
 bench-cost: $(STAMP)
 	$(BIN)/python -m bench.aer_cost_bench $(COST_ARGS) --json bench/results/aer_cost_bench.json
+
+## bench-cluster: several daemons on one PostgreSQL store (a server of its own) and the
+## fake IonQ (about 12 minutes on 2 cores): job polls per second and CPU per poll (the
+## daemons' and PostgreSQL's) with 1, 2 and 3 nodes, 3,000 jobs in flight, and the time
+## from a node's kill -9 to its jobs being polled again (lease_seconds 15 and 3); writes
+## bench/results/cluster_bench.json, docs/bench-cluster.png and the "Several daemons"
+## section of docs/benchmarks.md. Needs PostgreSQL's server binaries (Debian's package
+## postgresql; see qjobd/testing/postgres.py). CLUSTER_ARGS=--quick for a look.
+.PHONY: bench-cluster
+CLUSTER_ARGS ?=
+bench-cluster: $(STAMP)
+	$(BIN)/python -m bench.cluster_bench $(CLUSTER_ARGS) --doc docs/benchmarks.md

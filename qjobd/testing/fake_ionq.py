@@ -19,7 +19,8 @@ Two ways to run it:
 
   or ``FakeIonQProcess(api_key="k", knobs={...}).start()``; its state is read through the
   control API under ``/_fake/`` (no auth): ``GET /_fake/stats``, ``GET /_fake/jobs``,
-  ``GET /_fake/requests``, ``GET|POST /_fake/knobs``, ``POST /_fake/finish``,
+  ``GET /_fake/requests``, ``GET /_fake/polls`` (knob ``log_polled_ids``),
+  ``GET|POST /_fake/knobs``, ``POST /_fake/finish``,
   ``POST /_fake/plant`` (``plant()`` over HTTP), ``POST /_fake/reset``.
 
 Jobs move ``submitted -> ready -> started -> completed`` (or ``failed``) on the wall clock;
@@ -240,6 +241,9 @@ class Knobs:
     omit_shots_for_ideal: bool = False
     #: metadata key counted in creates_by_key
     key_field: str = "qjobd_key"
+    #: record (monotonic time, job id) for every id asked for in a batch status query
+    #: (``poll_log``, ``GET /_fake/polls?since=``): which jobs were polled when
+    log_polled_ids: bool = False
 
     _TUPLES = ("phase_split", "error_statuses", "backends", "result_formats")
     _FLOATS = ("failure_rate", "error_rate", "unknown_rate", "unknown_seconds",
@@ -248,7 +252,7 @@ class Knobs:
     _INTS = ("max_body_bytes", "default_limit", "max_limit", "drop_create_responses",
              "stall_create_count")
     _BOOLS = ("create_error_after_commit", "ids_respect_limit", "omit_shots_for_ideal",
-              "predictions")
+              "predictions", "log_polled_ids")
 
     def update(self, values: Mapping[str, Any]) -> None:
         names = {f.name for f in fields(self)}
@@ -445,6 +449,8 @@ class FakeIonQ(FakeServer):
         self.stalled_creates: list[str] = []
         #: how often each job id was asked for in a batch status query (?ids=...)
         self.polls_by_id: Counter[str] = Counter()
+        #: (monotonic, job id) of every id in a batch status query, with log_polled_ids
+        self.poll_log: list[tuple[float, str]] = []
         self._injections: list[_Injection] = []
         self._bucket = TokenBucket()
 
@@ -823,6 +829,11 @@ class FakeIonQ(FakeServer):
         await _json(send, rid, 201, {"id": job.id, "status": "submitted",
                                      "session_id": job.session_id})
 
+    def polls_after(self, t: float) -> list[tuple[float, str]]:
+        """(monotonic, job id) of the ids polled at or after ``t`` (with log_polled_ids)."""
+        with self._lock:
+            return [p for p in self.poll_log if p[0] >= t]
+
     def polled_ids(self) -> set[str]:
         """Every job id asked for so far in a batch status query."""
         with self._lock:
@@ -949,6 +960,9 @@ class FakeIonQ(FakeServer):
         if ids:
             with self._lock:
                 self.polls_by_id.update(ids)
+                if k.log_polled_ids:
+                    mono = time.monotonic()
+                    self.poll_log += [(mono, i) for i in ids]
         status = single.get("status")
         if status is not None and status not in JOB_STATUSES:
             raise _HTTPError(400, f'"status" must be one of [{", ".join(JOB_STATUSES)}]',
@@ -1068,6 +1082,9 @@ class FakeIonQ(FakeServer):
                 since = float(query.get("since", "-inf"))
                 payload = {"fields": list(LOG_FIELDS),
                            "requests": [list(r) for r in self.requests_after(since)]}
+            elif method == "GET" and path == "/polls":
+                payload = {"polls": [list(p) for p in
+                                     self.polls_after(float(query.get("since", "-inf")))]}
             elif method == "GET" and path == "/knobs":
                 with self._lock:
                     payload = self.knobs.to_json()
@@ -1311,6 +1328,11 @@ class FakeIonQProcess:
     def requests(self, since: float | None = None) -> list[list[Any]]:
         params = {} if since is None else {"since": since}
         return self._control("GET", "/requests", params=params)["requests"]
+
+    def polls(self, since: float | None = None) -> list[list[Any]]:
+        """[monotonic, job id] of each id polled (knob log_polled_ids), since ``since``."""
+        params = {} if since is None else {"since": since}
+        return self._control("GET", "/polls", params=params)["polls"]
 
     def set_knobs(self, **knobs: Any) -> dict[str, Any]:
         return self._control("POST", "/knobs", json=knobs)
