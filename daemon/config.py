@@ -151,6 +151,7 @@ class Config:
                                      if isinstance(self.daemon.database, str)
                                      else str(self.daemon.database))
         out["daemon"]["socket_mode"] = f"{self.daemon.socket_mode:04o}"
+        out["daemon"]["node"] = self.daemon.node_name()  # the name it joins a cluster as
         return out
 
 

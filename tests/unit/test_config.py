@@ -464,3 +464,25 @@ def test_check_config_get_of_an_unknown_key_exits_2_naming_what_exists(capsys, k
     out, err = capsys.readouterr()
     assert out == ""
     assert err.startswith("qjobd: check-config: ") and expected in err
+
+
+def test_a_node_is_named_after_its_host_and_socket_unless_told(monkeypatch):
+    """Several daemons on one PostgreSQL store: each joins under a name of its own."""
+    import socket
+
+    monkeypatch.delenv("QJOBD_NODE", raising=False)
+    monkeypatch.delenv("QJOBD_SOCKET", raising=False)
+    config = parse_config({"daemon": {"socket": "/run/q/a.sock"}})
+    assert config.daemon.node_name() == f"{socket.gethostname()}:/run/q/a.sock"
+    assert config.daemon.lease_seconds == 15.0  # SPEC's default
+    named = parse_config({"daemon": {"node": "login1", "lease_seconds": 5}})
+    assert (named.daemon.node_name(), named.daemon.lease_seconds) == ("login1", 5.0)
+    assert named.to_dict()["daemon"]["node"] == "login1"
+    monkeypatch.setenv("QJOBD_NODE", "from-env")
+    assert parse_config({"daemon": {"node": "login1"}}).daemon.node_name() == "from-env"
+
+
+@pytest.mark.parametrize("lease", [0, 0.5, 3601, "15"])
+def test_a_lease_time_out_of_range_is_refused_naming_the_key(lease):
+    with pytest.raises(ConfigError, match=r"lease_seconds"):
+        parse_config({"daemon": {"lease_seconds": lease}})
