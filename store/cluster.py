@@ -175,25 +175,26 @@ class Cluster:
 
     async def claim(self, backends: Sequence[str], limit: int, *,
                     own: bool = False) -> list[Claimed]:
-        """Lease up to ``limit`` jobs nobody holds (``own``: at start, this node's own
-        too, whatever their expiry: nothing else runs as this node). Oldest first."""
+        """Lease up to ``limit`` jobs nobody holds, oldest first; ``own`` (at start): every
+        job still leased to this node's name instead, whatever its expiry (nothing else
+        runs as this node: the name is locked)."""
         if limit <= 0 and not own:
             return []
         from qjobd.store.store import _JOB_COLUMNS, _job
-        mine = "OR lease_node = %s" if own else ""
-        args: list[Any] = [list(backends)]
         if own:
-            args.append(self.node)
-        args += [limit if limit > 0 else None, self.node, self.lease_seconds]
+            which, args = "lease_node = %s", [self.node]
+        else:
+            which = f"(lease_node IS NULL OR lease_expires_at < {DB_NOW})"
+            args = []
         columns = ", ".join(f"j.{c.strip()}" for c in _JOB_COLUMNS.split(","))
         rows = await self.store.execute_returning(
             "WITH free AS (SELECT id, lease_node AS was FROM jobs "
-            f"WHERE state IN ({_ACTIVE_SQL}) AND backend = ANY(%s) "
-            f"AND (lease_node IS NULL OR lease_expires_at < {DB_NOW} {mine}) "
+            f"WHERE state IN ({_ACTIVE_SQL}) AND backend = ANY(%s) AND {which} "
             "ORDER BY created_at, id LIMIT %s FOR UPDATE SKIP LOCKED) "
             f"UPDATE jobs j SET lease_node = %s, lease_expires_at = {DB_NOW} + %s, "
             "lease_epoch = j.lease_epoch + 1 FROM free WHERE j.id = free.id "
-            f"RETURNING {columns}, j.lease_epoch, free.was", tuple(args))
+            f"RETURNING {columns}, j.lease_epoch, free.was",
+            (list(backends), *args, None if own else limit, self.node, self.lease_seconds))
         if not rows:
             return []
         width = len(_JOB_COLUMNS.split(","))

@@ -72,8 +72,9 @@ class LeaseKeeper:
         sent = time.monotonic()
         self.nodes = await self.cluster.heartbeat(self._detail())
         backends = list(self._runners)
+        claimed = await self.cluster.claim(backends, 0, own=True)
         share = Cluster.share(await self.cluster.claimable(backends), len(self.nodes))
-        claimed = await self.cluster.claim(backends, share, own=True)
+        claimed += await self.cluster.claim(backends, share)
         self._trusted_until = sent + TRUST * self.cluster.lease_seconds
         self._share_budgets()
         await self._adopt(claimed)

@@ -139,3 +139,23 @@ async def test_moves_and_cancels_reach_the_other_nodes_listener(postgres_url: st
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
+
+
+async def test_a_restarted_node_takes_back_all_its_own_jobs_and_only_a_share_of_others(
+        postgres_url: str) -> None:
+    async with node(postgres_url, "b") as b:
+        async with node(postgres_url, "c") as c:
+            others = await submit(c, 10)
+            await expire(c)
+        async with node(postgres_url, "a") as a:
+            mine = await submit(a, 30)
+        # a restarts (its leases unexpired: a kill -9 a moment ago)
+        async with node(postgres_url, "a") as a:
+            own = await a.claim(["fake"], 0, own=True)
+            assert {x.job.id for x in own} == set(mine) and all(x.epoch == 2 for x in own)
+            assert not any(x.taken_over for x in own)
+            share = Cluster.share(await a.claimable(["fake"]), 2)
+            got = await a.claim(["fake"], share)
+            assert len(got) == 5 and {x.job.id for x in got} <= set(others)
+            assert all(x.taken_over for x in got)
+            assert len(await b.claim(["fake"], 10)) == 5
