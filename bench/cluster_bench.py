@@ -532,7 +532,8 @@ def doc_section(report: dict[str, Any], plot_path: Path | None) -> str:
     loads = [r["load_before"][0] for r in report["steady"]]
     lines = [DOC_BEGIN, "",
              f"Measured {m['date']} on {m['nproc']} CPUs (nproc; {m['cpu']}), Python "
-             f"{m['python']}, PostgreSQL {pg_version(m)} on the same machine; "
+             f"{m['python']}, PostgreSQL {pg_version(m)} on the same machine, qjobd at "
+             f"{report.get('commit', '?')}; "
              f"1-minute load average {report['load_at_start'][0]:.2f} at the start, "
              f"{min(loads, default=math.nan):.2f} to {max(loads, default=math.nan):.2f} at "
              f"the measuring windows, {report['load_at_end'][0]:.2f} at the end (the "
@@ -632,11 +633,13 @@ def why(report: dict[str, Any]) -> list[str]:
             "Failover: a dead node's leases expire between 2/3 of lease_seconds and "
             "lease_seconds after the kill (its last renewal was up to a third of a lease "
             "before it); the survivors then take its jobs at their next rounds and poll "
-            "them at once (the store says they are due). But each claims ceil(free / live "
-            "nodes) of the jobs free at that moment: the first survivor takes half, the "
-            "second half of the rest (a quarter), the first an eighth at its next round, "
-            "and so on, so the last jobs wait about log2(jobs held) survivor rounds (the "
-            "steps of the plot's curves).")
+            "them at once (the store says they are due).")
+        if not all(f["within_bound"] for f in fails):
+            text += (
+                " But each claimed ceil(free / live nodes) of the jobs free at that moment: "
+                "the first survivor takes half, the second half of the rest (a quarter), "
+                "the first an eighth at its next round, and so on, so the last jobs wait "
+                "about log2(jobs held) survivor rounds (the steps of the plot's curves).")
         parts = []
         for f in fails:
             verdict = "within" if f["within_bound"] else "over"
@@ -710,6 +713,21 @@ def machine() -> dict[str, Any]:
     return out
 
 
+def commit() -> str:
+    """The commit measured, "+ changes" if the tree had uncommitted ones (the daemons run
+    from the working tree)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10, check=False).stdout.strip()
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "daemon",
+                    "store", "backends", "qjobd")
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return f"{head}{' + uncommitted changes' if dirty else ''}" if head else "?"
+
+
 def _no_nan(value: Any) -> Any:
     if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
         return None
@@ -769,6 +787,7 @@ def measure(args: argparse.Namespace, s: Settings, say: Callable[[str], None],
             shutil.rmtree(workdir, ignore_errors=True)
     report["wall_seconds"] = round(time.monotonic() - began, 1)
     report["machine"] = machine()
+    report["commit"] = commit()
     report["command"] = ("make bench-cluster" if list(argv) == ["--doc", "docs/benchmarks.md"]
                          else " ".join(["python -m bench.cluster_bench", *argv]))
     return report
