@@ -5,11 +5,15 @@ with the same name refuses to start). Each non-terminal job is leased to one nod
 time, in three columns of ``jobs``:
 
 - ``lease_node``: the node that drives the job (submits, polls, fetches results);
-- ``lease_expires_at``: until when, in the database's clock (never a node's): a node
-  renews all its leases together every third of ``lease_seconds``;
 - ``lease_epoch``: raised at every claim. Every write the engine makes for a job names
   the epoch it holds (a *fenced* write): a node whose lease passed to another, or that
   took the job again since, changes nothing and gets :class:`LeaseLost`.
+
+A node's leases all end together, at its row's ``lease_until`` in ``nodes`` (the
+database's clock, never a node's), which the node pushes forward every third of
+``lease_seconds``. Renewing is one write to that row: it never waits on a job row, which
+the node's own writer may hold in a transaction meanwhile (renewing each job's row did,
+and deadlocked with it under load).
 
 A batch's jobs are leased to the node that took the submission. A node that stops
 renewing (kill -9, power, network) loses its jobs when their leases expire: each other
@@ -52,6 +56,9 @@ CHANNEL_BATCH = "qjobd_batch"
 CHANNEL_CANCEL = "qjobd_cancel"
 CHANNEL_PAUSE = "qjobd_pause"
 _ACTIVE_SQL = ", ".join(f"'{s}'" for s in sorted(ACTIVE))
+#: a job (``j``, its holder's row ``n`` LEFT JOINed) whose lease nobody holds: none given,
+#: its node gone (a clean stop), or its node's leases run out
+_FREE = f"(j.lease_node IS NULL OR n.name IS NULL OR n.lease_until < {DB_NOW})"
 #: pg_try_advisory_lock's first key for "a daemon runs as this node" (the second: the
 #: name's hash)
 NODE_LOCK = 0x716A6F62
@@ -109,19 +116,19 @@ class Cluster:
                                    "[daemon] node")
         self._lock = conn
         await conn.execute(
-            "INSERT INTO nodes (name, started_at, heartbeat_at, detail) "
-            f"VALUES (%s, {DB_NOW}, {DB_NOW}, %s) ON CONFLICT (name) DO UPDATE SET "
-            "started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at, "
-            "detail = EXCLUDED.detail", (self.node, json.dumps(dict(detail or {}))))
+            "INSERT INTO nodes (name, started_at, heartbeat_at, lease_until, detail) "
+            f"VALUES (%s, {DB_NOW}, {DB_NOW}, {DB_NOW} + %s, %s) ON CONFLICT (name) DO "
+            "UPDATE SET started_at = EXCLUDED.started_at, heartbeat_at = "
+            "EXCLUDED.heartbeat_at, lease_until = EXCLUDED.lease_until, "
+            "detail = EXCLUDED.detail",
+            (self.node, self.lease_seconds, json.dumps(dict(detail or {}))))
         self.store.node, self.store.lease_seconds = self.node, self.lease_seconds
 
     async def leave(self) -> None:
         """A clean stop: end this node's leases now (the others take its jobs at their
         next round) and remove it from the nodes; then give the name back."""
         try:
-            await self.store.execute(
-                f"UPDATE jobs SET lease_expires_at = {DB_NOW} - 1 "
-                f"WHERE lease_node = %s AND state IN ({_ACTIVE_SQL})", (self.node,))
+            # its jobs' leases name a node that is gone: free at once
             await self.store.execute("DELETE FROM nodes WHERE name = %s", (self.node,))
         finally:
             if self._lock is not None:
@@ -129,10 +136,15 @@ class Cluster:
                 self._lock = None
 
     async def heartbeat(self, detail: Mapping[str, Any] | None = None) -> list[NodeInfo]:
-        """Say this node is alive; the live nodes (this one included), by name."""
+        """Say this node is alive, renewing every lease it holds (one row); the live
+        nodes (this one included), by name. A node whose row was removed (it was taken
+        for dead and cleaned up) is put back: its jobs that no one took are its again."""
         await self.store.execute(
-            f"UPDATE nodes SET heartbeat_at = {DB_NOW}, detail = %s WHERE name = %s",
-            (json.dumps(dict(detail or {})), self.node))
+            "INSERT INTO nodes (name, started_at, heartbeat_at, lease_until, detail) "
+            f"VALUES (%s, {DB_NOW}, {DB_NOW}, {DB_NOW} + %s, %s) ON CONFLICT (name) DO "
+            "UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at, "
+            "lease_until = EXCLUDED.lease_until, detail = EXCLUDED.detail",
+            (self.node, self.lease_seconds, json.dumps(dict(detail or {}))))
         return await self.nodes()
 
     async def nodes(self, *, live_only: bool = True) -> list[NodeInfo]:
@@ -140,38 +152,47 @@ class Cluster:
         rows = await self.store.fetchall(
             f"SELECT n.name, n.started_at, {DB_NOW} - n.heartbeat_at, n.detail, "
             "(SELECT count(*) FROM jobs j WHERE j.lease_node = n.name "
-            f"AND j.state IN ({_ACTIVE_SQL}) AND j.lease_expires_at > {DB_NOW}) "
+            f"AND j.state IN ({_ACTIVE_SQL})), n.lease_until > {DB_NOW} "
             "FROM nodes n ORDER BY n.name")
         out = [NodeInfo(str(r[0]), float(r[1]), max(0.0, float(r[2])), int(r[4]),
-                        json.loads(r[3]) if r[3] else {}) for r in rows]
-        if live_only:
-            out = [n for n in out if n.age <= self.lease_seconds or n.name == self.node]
+                        json.loads(r[3]) if r[3] else {}) for r in rows
+               if not live_only or r[5] or r[0] == self.node]
         return out
 
     # -- leases ----------------------------------------------------------------------
 
     async def renew(self) -> dict[str, int]:
-        """Extend every lease this node holds; the jobs it still holds, with their epochs
-        (a job missing here was taken by another node, or ended)."""
-        rows = await self.store.execute_returning(
-            f"UPDATE jobs SET lease_expires_at = {DB_NOW} + %s "
-            f"WHERE lease_node = %s AND state IN ({_ACTIVE_SQL}) RETURNING id, lease_epoch",
+        """Extend every lease this node holds (its row's ``lease_until``); the jobs it
+        still holds, with their epochs (a job missing here was taken by another node, or
+        ended). A read of the jobs: no job row is locked."""
+        await self.store.execute(
+            f"UPDATE nodes SET lease_until = {DB_NOW} + %s WHERE name = %s",
             (self.lease_seconds, self.node))
+        rows = await self.store.fetchall(
+            "SELECT id, lease_epoch FROM jobs "
+            f"WHERE lease_node = %s AND state IN ({_ACTIVE_SQL})", (self.node,))
         return {str(r[0]): int(r[1]) for r in rows}
 
     async def give_up(self, job_ids: Sequence[str]) -> None:
         """End this node's leases of these jobs now (a claim takes them again)."""
         await self.store.execute(
-            f"UPDATE jobs SET lease_expires_at = {DB_NOW} - 1 "
-            "WHERE id = ANY(%s) AND lease_node = %s", (list(job_ids), self.node))
+            "UPDATE jobs SET lease_node = NULL WHERE id = ANY(%s) AND lease_node = %s",
+            (list(job_ids), self.node))
 
     async def claimable(self, backends: Sequence[str]) -> int:
         """Non-terminal jobs of these backends whose lease nobody holds now."""
+        return (await self.census(backends))[0]
+
+    async def census(self, backends: Sequence[str]) -> tuple[int, int, int]:
+        """Non-terminal jobs of these backends: (unheld, all, this node's)."""
         rows = await self.store.fetchall(
-            f"SELECT count(*) FROM jobs WHERE state IN ({_ACTIVE_SQL}) "
-            f"AND backend = ANY(%s) AND (lease_node IS NULL OR lease_expires_at < {DB_NOW})",
-            (list(backends),))
-        return int(rows[0][0]) if rows else 0
+            f"SELECT count(*) FILTER (WHERE {_FREE}), count(*), "
+            "count(*) FILTER (WHERE j.lease_node = %s) "
+            "FROM jobs j LEFT JOIN nodes n ON n.name = j.lease_node "
+            f"WHERE j.state IN ({_ACTIVE_SQL}) AND j.backend = ANY(%s)",
+            (self.node, list(backends)))
+        free, total, mine = rows[0] if rows else (0, 0, 0)
+        return int(free), int(total), int(mine)
 
     async def claim(self, backends: Sequence[str], limit: int, *,
                     own: bool = False) -> list[Claimed]:
@@ -182,19 +203,19 @@ class Cluster:
             return []
         from qjobd.store.store import _JOB_COLUMNS, _job
         if own:
-            which, args = "lease_node = %s", [self.node]
+            which, args = "j.lease_node = %s", [self.node]
         else:
-            which = f"(lease_node IS NULL OR lease_expires_at < {DB_NOW})"
-            args = []
+            which, args = _FREE, []
         columns = ", ".join(f"j.{c.strip()}" for c in _JOB_COLUMNS.split(","))
         rows = await self.store.execute_returning(
-            "WITH free AS (SELECT id, lease_node AS was FROM jobs "
-            f"WHERE state IN ({_ACTIVE_SQL}) AND backend = ANY(%s) AND {which} "
-            "ORDER BY created_at, id LIMIT %s FOR UPDATE SKIP LOCKED) "
-            f"UPDATE jobs j SET lease_node = %s, lease_expires_at = {DB_NOW} + %s, "
-            "lease_epoch = j.lease_epoch + 1 FROM free WHERE j.id = free.id "
+            "WITH free AS (SELECT j.id, j.lease_node AS was FROM jobs j "
+            "LEFT JOIN nodes n ON n.name = j.lease_node "
+            f"WHERE j.state IN ({_ACTIVE_SQL}) AND j.backend = ANY(%s) AND {which} "
+            "ORDER BY j.created_at, j.id LIMIT %s FOR UPDATE OF j SKIP LOCKED) "
+            "UPDATE jobs j SET lease_node = %s, lease_epoch = j.lease_epoch + 1 "
+            "FROM free WHERE j.id = free.id "
             f"RETURNING {columns}, j.lease_epoch, free.was",
-            (list(backends), *args, None if own else limit, self.node, self.lease_seconds))
+            (list(backends), *args, None if own else limit, self.node))
         if not rows:
             return []
         width = len(_JOB_COLUMNS.split(","))
@@ -204,9 +225,17 @@ class Cluster:
                 for r in rows]
 
     @staticmethod
-    def share(claimable: int, live_nodes: int) -> int:
-        """How many of the unheld jobs one node claims in a round: an equal share."""
-        return math.ceil(claimable / max(1, live_nodes))
+    def share(claimable: int, live_nodes: int, *, total: int | None = None,
+              mine: int = 0) -> int:
+        """How many of the unheld jobs one node claims in a round: up to an equal share
+        of all the unfinished jobs (``total``; so that the live nodes split a dead one's
+        in one round each, rather than halving what is left at each claim), else an
+        equal share of the unheld ones."""
+        live = max(1, live_nodes)
+        if total is None:
+            return math.ceil(claimable / live)
+        room = math.ceil(total / live) - mine
+        return min(claimable, room if room > 0 else math.ceil(claimable / live))
 
     # -- wake-ups --------------------------------------------------------------------
 

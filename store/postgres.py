@@ -69,8 +69,6 @@ MIGRATION_LOCK = DAEMON_LOCK + 1
 #: until it commits, so ``seq`` is in commit order across every node (a reader following
 #: the log from a cursor never skips an event another node committed late)
 EVENT_LOCK = DAEMON_LOCK + 2
-#: the database's clock, in epoch seconds (leases are in it, never in a node's)
-_DB_NOW = "extract(epoch from clock_timestamp())"
 #: seconds a read or a write group waits for a connection when the server cannot be
 #: reached, before it fails (StoreUnavailable: the engine retries later, the API says 503)
 POOL_TIMEOUT = 10.0
@@ -243,7 +241,7 @@ class PostgresStore:
             job_of: dict[str, str] = {}
             job_rows = []
             # the submitting node drives the batch's jobs: leased to it from the start
-            lease = (self.node, self.lease_seconds, 1 if self.node is not None else 0)
+            lease = (self.node, 1 if self.node is not None else 0)
             for position, labels in enumerate(new.groups):
                 job_id = f"{batch_id}-{position}"
                 job_rows.append((job_id, batch_id, position, new.backend, f"qjobd-{job_id}",
@@ -252,9 +250,8 @@ class PostgresStore:
             async with conn.cursor() as cur:
                 await cur.executemany(
                     "INSERT INTO jobs (id, batch_id, position, backend, submission_key, state, "
-                    "created_at, updated_at, lease_node, lease_expires_at, lease_epoch) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, "
-                    f"{_DB_NOW} + %s, %s)", job_rows)
+                    "created_at, updated_at, lease_node, lease_epoch) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", job_rows)
                 await cur.execute(
                     "INSERT INTO batch_job_counts (batch_id, state, n) VALUES (%s, %s, %s)",
                     (batch_id, JobState.QUEUED, len(job_rows)))

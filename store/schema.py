@@ -232,4 +232,9 @@ POSTGRES_MIGRATIONS: list[str] = [
         detail       TEXT
     );
     """,
+    # 2: a node's leases expire together (store/cluster.py): renewing them is one write to
+    #    its row, never a lock on its jobs' rows (which its own writer holds meanwhile)
+    """
+    ALTER TABLE nodes ADD COLUMN lease_until DOUBLE PRECISION NOT NULL DEFAULT 0;
+    """,
 ]

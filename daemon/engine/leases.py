@@ -73,8 +73,9 @@ class LeaseKeeper:
         self.nodes = await self.cluster.heartbeat(self._detail())
         backends = list(self._runners)
         claimed = await self.cluster.claim(backends, 0, own=True)
-        share = Cluster.share(await self.cluster.claimable(backends), len(self.nodes))
-        claimed += await self.cluster.claim(backends, share)
+        free, total, mine = await self.cluster.census(backends)
+        claimed += await self.cluster.claim(
+            backends, Cluster.share(free, len(self.nodes), total=total, mine=mine))
         self._trusted_until = sent + TRUST * self.cluster.lease_seconds
         self._share_budgets()
         await self._adopt(claimed)
@@ -117,9 +118,10 @@ class LeaseKeeper:
             await self.cluster.give_up(sorted(stale))
         self._share_budgets()
         backends = list(self._runners)
-        free = await self.cluster.claimable(backends)
+        free, total, mine = await self.cluster.census(backends)
         if free:
-            claimed = await self.cluster.claim(backends, Cluster.share(free, len(self.nodes)))
+            claimed = await self.cluster.claim(
+                backends, Cluster.share(free, len(self.nodes), total=total, mine=mine))
             if claimed:
                 log.info("claimed jobs", jobs=len(claimed),
                          taken_over=sum(c.taken_over for c in claimed), node=self.node)

@@ -48,7 +48,7 @@ async def submit(cluster: Cluster, n: int = 1) -> list[str]:
 
 async def expire(cluster: Cluster) -> None:
     """As if the node had been cut off for longer than its leases."""
-    await cluster.store.execute("UPDATE jobs SET lease_expires_at = 0 WHERE lease_node = %s",
+    await cluster.store.execute("UPDATE nodes SET lease_until = 0 WHERE name = %s",
                                 (cluster.node,))
 
 

@@ -396,7 +396,7 @@ async def test_the_two_schemas_have_the_same_tables_and_columns(sqlite_store, po
     # what only PostgreSQL has so far: the schema's version (SQLite's user_version) and
     # what several daemons on one database will need
     assert pg.pop("qjobd_schema") == ["version"]
-    assert pg.pop("nodes") == ["name", "started_at", "heartbeat_at", "detail"]
+    assert pg.pop("nodes") == ["name", "started_at", "heartbeat_at", "detail", "lease_until"]
     pg["jobs"] = [c for c in pg["jobs"] if not c.startswith("lease_")]
     assert {t: sorted(c) for t, c in pg.items()} == {t: sorted(c) for t, c in lite.items()}
     import psycopg
