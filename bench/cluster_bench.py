@@ -607,8 +607,8 @@ def why(report: dict[str, Any]) -> list[str]:
         f"{one['nodes']} node to {many['daemon_cpu_us_per_poll']:.0f} us with "
         f"{many['nodes']}, most likely as every node pays its own fixed costs (not "
         "profiled: its event loop and timers, its lease round every lease_seconds / 3: "
-        "a heartbeat, one UPDATE renewing "
-        "every lease it holds, a count of the unheld jobs; its LISTEN connection and pool) "
+        "a heartbeat, the renewal of its leases, a read of the jobs it holds and a count "
+        "of the unheld ones; its LISTEN connection and pool) "
         "for a share of the polls; and every poll's write still goes to the one PostgreSQL "
         f"server, whose CPU per poll ({min(pg):.0f} to {max(pg):.0f} us) does not fall with "
         "more nodes. On one 2-CPU machine the nodes compete for the same cores; on "
@@ -622,8 +622,9 @@ def why(report: dict[str, Any]) -> list[str]:
         r = short[0]
         out[-1] += (
             f" A short lease ({r['lease_seconds']:g} s) means a round every "
-            f"{r['lease_seconds'] / 3:g} s on every node, each renewing every lease it "
-            "holds: PostgreSQL's CPU per poll went from "
+            f"{r['lease_seconds'] / 3:g} s on every node, each renewing its leases and "
+            "reading the jobs it holds and the unheld ones: PostgreSQL's CPU per poll went "
+            "from "
             f"{same_n['postgres_cpu_us_per_poll']:.0f} us (lease "
             f"{same_n['lease_seconds']:g} s) to {r['postgres_cpu_us_per_poll']:.0f} us "
             f"with {plural(r['nodes'], 'node')}.")
