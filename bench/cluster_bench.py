@@ -18,7 +18,8 @@ the budget is never what limits). In order:
    ``--batch`` spread round-robin over the nodes (each batch's jobs are leased to the
    node that took it; each batch once the previous one's jobs are created: 4,000 creates
    at once made a single node's lease rounds deadlock with its own poll-schedule writes,
-   its leases lapse and its creates stop, 2026-12-03), wait until every one is created
+   its leases lapse and its creates stop, at 97bf6c4; fixed by 189febe's per-node
+   leases, the pacing is kept so that runs compare), wait until every one is created
    at the fake (the figures are measured anyway if some are not), let the schedule
    settle (``--settle`` s: every job reaches the cap), then measure over ``--window`` s:
    the job polls the fake saw per second (ids named by status requests: jobs tracked per
@@ -210,8 +211,9 @@ class Cluster:
     def submit(self, jobs: int, batch: int, pace: float = 60.0) -> int:
         """``jobs`` single-circuit jobs in batches of ``batch``, round-robin over the
         nodes, each batch once the previous one's jobs are created at the provider (for
-        at most ``pace`` seconds: thousands of creates at once make a node's lease round
-        deadlock with its own writes, see the module's doc); the batches accepted."""
+        at most ``pace`` seconds: before 189febe, thousands of creates at once made a
+        node's lease rounds deadlock with its own writes, see the module's doc; kept so
+        that the runs stay comparable); the batches accepted."""
         clients = [d.http(timeout=120) for d in self.nodes]
         accepted = 0
         try:
