@@ -23,10 +23,8 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
-import anyio
 import psycopg
 import psycopg.errors
 import structlog
@@ -47,7 +45,7 @@ from qjobd.store.models import Batch, CircuitRecord, Event, Job, NewBatch, Resul
 from qjobd.store.schema import POSTGRES_MIGRATIONS
 from qjobd.store.states import ACTIVE, TERMINAL, JobState, can_move, illegal
 from qjobd.store.store import _BATCH_COLUMNS, _JOB_COLUMNS, _batch, _dumps, _job, batch_outcome
-from qjobd.store.writer import WriterStats
+from qjobd.store.writer import GroupWriter, _Item
 
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[Any]
@@ -87,7 +85,7 @@ class PostgresStore:
         self.path = mask_url(url)
         self._pool = pool
         self._lock = lock
-        self.writer = PgWriter(pool, self._mask)
+        self.writer = PgWriter(pool, self.mask)
         self._writer_task: asyncio.Task[None] | None = None
         #: this daemon's node (store/cluster.py), once it joined: the jobs of the batches
         #: it stores are leased to it, and its writes for a job are fenced by their epoch
@@ -165,9 +163,6 @@ class PostgresStore:
     async def write(self, op: PgWriteOp[Any]) -> Any:
         return await self.writer.write(op)
 
-    def _mask(self, text: str) -> str:
-        return _safe(text, self.url)
-
     def mask(self, text: str) -> str:
         """``text`` without the database URL's password."""
         return _safe(text, self.url)
@@ -184,7 +179,7 @@ class PostgresStore:
                 cur = await conn.execute(sql, args or None)
                 return list(await cur.fetchall()) if rows else []
         except psycopg.Error as exc:
-            raise _translate(exc, self._mask) from None
+            raise _translate(exc, self.mask) from None
 
     async def labels_of(self, job_ids: Sequence[str]) -> dict[str, tuple[str, ...]]:
         """Each job's circuit labels, in submission order."""
@@ -476,7 +471,7 @@ class PostgresStore:
             async with self._pool.connection() as conn:
                 return await fn(conn)
         except psycopg.OperationalError as exc:
-            raise StoreUnavailable(f"database read failed: {self._mask(str(exc))}") from None
+            raise StoreUnavailable(f"database read failed: {self.mask(str(exc))}") from None
 
     async def fetchall(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Rows of one query, on a pooled connection (for tests and tools)."""
@@ -594,83 +589,20 @@ class PostgresStore:
 
 # -- the writer --------------------------------------------------------------------------
 
-@dataclass(slots=True)
-class _Item(Generic[T]):
-    op: PgWriteOp[T]
-    future: asyncio.Future[T]
-    result: Any = None
-    error: BaseException | None = None
-
-
-class PgWriter:
+class PgWriter(GroupWriter):
     """Runs write operations in grouped transactions on one pooled connection.
 
-    The counterpart of :class:`store.writer.Writer` (same stats, backlog, close and
-    cancellation behaviour). At most :attr:`max_group` operations share a transaction:
-    each is a subtransaction, and PostgreSQL's snapshots slow down past 64 of those.
+    The counterpart of :class:`store.writer.Writer`, on the same queue, group, close and
+    cancellation machinery (:class:`store.writer.GroupWriter`). At most ``max_group``
+    operations share a transaction: each is a subtransaction, and PostgreSQL's snapshots
+    slow down past 64 of those.
     """
 
     def __init__(self, pool: AsyncConnectionPool[Conn], mask: Callable[[str], str], *,
                  max_group: int = 64) -> None:
+        super().__init__(max_group=max_group)
         self._pool = pool
         self._mask = mask
-        self._max_group = max_group
-        self._queue: asyncio.Queue[_Item[Any] | None] = asyncio.Queue()
-        self._closed = False
-        self._done = asyncio.Event()
-        self.stats = WriterStats()
-
-    @property
-    def backlog(self) -> int:
-        return self._queue.qsize()
-
-    async def write(self, op: PgWriteOp[T]) -> T:
-        """Run ``op`` in the next group and return its result once that group is committed."""
-        if self._closed:
-            raise StoreUnavailable("the store is closing")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Item(op, future))
-        # shield: a cancelled caller must not leave its op half-known; the op still commits
-        return await asyncio.shield(future)
-
-    async def run(self) -> None:
-        """The writer loop; returns once ``close()`` was called and the queue is drained."""
-        group: list[_Item[Any]] = []
-        try:
-            while True:
-                first = await self._queue.get()
-                if first is None:
-                    break
-                group = [first]
-                stop = False
-                while len(group) < self._max_group and not self._queue.empty():
-                    item = self._queue.get_nowait()
-                    if item is None:
-                        stop = True
-                        break
-                    group.append(item)
-                with anyio.CancelScope(shield=True):
-                    await self._commit(group)
-                if stop:
-                    break
-        finally:
-            self._closed = True
-            for item in group:
-                if not item.future.done():
-                    item.future.set_exception(
-                        StoreUnavailable("the store closed during the write"))
-            while not self._queue.empty():
-                item = self._queue.get_nowait()
-                if item is not None and not item.future.done():
-                    item.future.set_exception(StoreUnavailable("the store is closed"))
-            self._done.set()
-
-    async def close(self) -> None:
-        """Stop taking writes, finish what is queued, and wait for the loop to end."""
-        if not self._closed:
-            self._closed = True
-            self._queue.put_nowait(None)
-        await self._done.wait()
 
     async def _commit(self, group: list[_Item[Any]]) -> None:
         started = time.perf_counter()
@@ -690,18 +622,8 @@ class PgWriter:
             self.stats.failed_commits += 1
             self.stats.last_error = str(error)
         if committed:
-            self.stats.commits += 1
-            self.stats.operations += len(group)
-            self.stats.largest_group = max(self.stats.largest_group, len(group))
-            self.stats.last_commit_seconds = time.perf_counter() - started
-            self.stats.commit_seconds_total += self.stats.last_commit_seconds
-        for item in group:
-            if item.future.done():
-                continue
-            if item.error is not None:
-                item.future.set_exception(item.error)
-            else:
-                item.future.set_result(item.result)
+            self._committed(group, started)
+        self._settle(group)
 
     async def _run_group(self, conn: Conn, group: list[_Item[Any]]) -> None:
         """Each item in a savepoint of its own; a deadlock or serialization failure runs

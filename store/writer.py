@@ -36,7 +36,8 @@ WriteOp = Callable[[sqlite3.Connection], T]
 
 @dataclass(slots=True)
 class _Item(Generic[T]):
-    op: WriteOp[T]
+    #: a WriteOp here, store/postgres.py's PgWriteOp there
+    op: Callable[[Any], Any]
     future: asyncio.Future[T]
     result: Any = None
     error: BaseException | None = None
@@ -74,11 +75,16 @@ async def run_on_connection_thread(conn: aiosqlite.Connection,
     return await conn._execute(lambda: fn(conn._conn))
 
 
-class Writer:
-    """Runs write operations in grouped transactions on one connection."""
+class GroupWriter:
+    """A task that drains a queue of write operations and commits them in groups.
 
-    def __init__(self, conn: aiosqlite.Connection, *, max_group: int = 500) -> None:
-        self._conn = conn
+    Whatever is queued while one group commits goes into the next, at most ``max_group``
+    operations a group. A subclass commits a group (``_commit``), records each item's
+    result or error, then calls :meth:`_committed` if it committed and :meth:`_settle`.
+    The SQLite writer (:class:`Writer`) and PostgreSQL's (store/postgres.py) share this.
+    """
+
+    def __init__(self, *, max_group: int) -> None:
         self._max_group = max_group
         self._queue: asyncio.Queue[_Item[Any] | None] = asyncio.Queue()
         self._closed = False
@@ -89,11 +95,11 @@ class Writer:
     def backlog(self) -> int:
         return self._queue.qsize()
 
-    async def write(self, op: WriteOp[T]) -> T:
+    async def write(self, op: Callable[[Any], Any]) -> Any:
         """Run ``op`` in the next group and return its result once that group is committed."""
         if self._closed:
             raise StoreUnavailable("the store is closing")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Item(op, future))
         # shield: a cancelled caller must not leave its op half-known; the op still commits
         return await asyncio.shield(future)
@@ -140,6 +146,36 @@ class Writer:
         await self._done.wait()
 
     async def _commit(self, group: list[_Item[Any]]) -> None:
+        raise NotImplementedError
+
+    def _committed(self, group: list[_Item[Any]], started: float) -> None:
+        """Count a committed group (``started``: its ``time.perf_counter()``)."""
+        self.stats.commits += 1
+        self.stats.operations += len(group)
+        self.stats.largest_group = max(self.stats.largest_group, len(group))
+        self.stats.last_commit_seconds = time.perf_counter() - started
+        self.stats.commit_seconds_total += self.stats.last_commit_seconds
+
+    @staticmethod
+    def _settle(group: list[_Item[Any]]) -> None:
+        """Give each caller its item's result, or its error."""
+        for item in group:
+            if item.future.done():
+                continue
+            if item.error is not None:
+                item.future.set_exception(item.error)
+            else:
+                item.future.set_result(item.result)
+
+
+class Writer(GroupWriter):
+    """Runs write operations in grouped transactions on one SQLite connection."""
+
+    def __init__(self, conn: aiosqlite.Connection, *, max_group: int = 500) -> None:
+        super().__init__(max_group=max_group)
+        self._conn = conn
+
+    async def _commit(self, group: list[_Item[Any]]) -> None:
         started = time.perf_counter()
         try:
             outcome = await run_on_connection_thread(
@@ -156,18 +192,8 @@ class Writer:
             self.stats.failed_commits += 1
             self.stats.last_error = str(outcome.failed_commit)
         if outcome.committed:
-            self.stats.commits += 1
-            self.stats.operations += len(group)
-            self.stats.largest_group = max(self.stats.largest_group, len(group))
-            self.stats.last_commit_seconds = time.perf_counter() - started
-            self.stats.commit_seconds_total += self.stats.last_commit_seconds
-        for item in group:
-            if item.future.done():
-                continue
-            if item.error is not None:
-                item.future.set_exception(item.error)
-            else:
-                item.future.set_result(item.result)
+            self._committed(group, started)
+        self._settle(group)
 
 
 # -- on the connection's thread ---------------------------------------------------------
