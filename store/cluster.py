@@ -64,6 +64,16 @@ _FREE = f"(j.lease_node IS NULL OR n.name IS NULL OR n.lease_until < {DB_NOW})"
 NODE_LOCK = 0x716A6F62
 
 
+def _node_row(*, started: bool) -> str:
+    """The upsert of a node's row (name, lease_seconds, detail): it is alive, and every
+    lease it holds lasts ``lease_seconds`` more; ``started``: it has just (re)started."""
+    restarted = "started_at = EXCLUDED.started_at, " if started else ""
+    return ("INSERT INTO nodes (name, started_at, heartbeat_at, lease_until, detail) "
+            f"VALUES (%s, {DB_NOW}, {DB_NOW}, {DB_NOW} + %s, %s) ON CONFLICT (name) DO "
+            f"UPDATE SET {restarted}heartbeat_at = EXCLUDED.heartbeat_at, "
+            "lease_until = EXCLUDED.lease_until, detail = EXCLUDED.detail")
+
+
 @dataclass(frozen=True, slots=True)
 class NodeInfo:
     """A node as the database sees it."""
@@ -115,13 +125,7 @@ class Cluster:
                                    f"{self.store.path}: give each daemon its own "
                                    "[daemon] node")
         self._lock = conn
-        await conn.execute(
-            "INSERT INTO nodes (name, started_at, heartbeat_at, lease_until, detail) "
-            f"VALUES (%s, {DB_NOW}, {DB_NOW}, {DB_NOW} + %s, %s) ON CONFLICT (name) DO "
-            "UPDATE SET started_at = EXCLUDED.started_at, heartbeat_at = "
-            "EXCLUDED.heartbeat_at, lease_until = EXCLUDED.lease_until, "
-            "detail = EXCLUDED.detail",
-            (self.node, self.lease_seconds, json.dumps(dict(detail or {}))))
+        await conn.execute(_node_row(started=True), self._row_args(detail))
         self.store.node, self.store.lease_seconds = self.node, self.lease_seconds
 
     async def leave(self) -> None:
@@ -139,13 +143,11 @@ class Cluster:
         """Say this node is alive, renewing every lease it holds (one row); the live
         nodes (this one included), by name. A node whose row was removed (it was taken
         for dead and cleaned up) is put back: its jobs that no one took are its again."""
-        await self.store.execute(
-            "INSERT INTO nodes (name, started_at, heartbeat_at, lease_until, detail) "
-            f"VALUES (%s, {DB_NOW}, {DB_NOW}, {DB_NOW} + %s, %s) ON CONFLICT (name) DO "
-            "UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at, "
-            "lease_until = EXCLUDED.lease_until, detail = EXCLUDED.detail",
-            (self.node, self.lease_seconds, json.dumps(dict(detail or {}))))
+        await self.store.execute(_node_row(started=False), self._row_args(detail))
         return await self.nodes()
+
+    def _row_args(self, detail: Mapping[str, Any] | None) -> tuple[Any, ...]:
+        return self.node, self.lease_seconds, json.dumps(dict(detail or {}))
 
     async def nodes(self, *, live_only: bool = True) -> list[NodeInfo]:
         """The nodes whose heartbeat is at most ``lease_seconds`` old (or every one)."""
@@ -161,13 +163,10 @@ class Cluster:
 
     # -- leases ----------------------------------------------------------------------
 
-    async def renew(self) -> dict[str, int]:
-        """Extend every lease this node holds (its row's ``lease_until``); the jobs it
-        still holds, with their epochs (a job missing here was taken by another node, or
-        ended). A read of the jobs: no job row is locked."""
-        await self.store.execute(
-            f"UPDATE nodes SET lease_until = {DB_NOW} + %s WHERE name = %s",
-            (self.lease_seconds, self.node))
+    async def held(self) -> dict[str, int]:
+        """The jobs this node holds the leases of (:meth:`heartbeat` renews them all),
+        with their epochs: a job missing here was taken by another node, or ended. A read:
+        no job row is locked."""
         rows = await self.store.fetchall(
             "SELECT id, lease_epoch FROM jobs "
             f"WHERE lease_node = %s AND state IN ({_ACTIVE_SQL})", (self.node,))

@@ -193,7 +193,7 @@ async def exposition(ctx: Context, *, version: str) -> str:
                    ({"holder": n.name}, n.jobs) for n in leases.nodes]),
         Family("qjobd_cluster_budget_share", "gauge", "This node's share of each "
                "backend's requests_per_second (the budget of every node together)")
-        .add(1.0 / max(1, len(leases.nodes))),
+        .add(leases.share),
         Family("qjobd_cluster_leases_valid", "gauge", "1 while this node may act on its "
                "leases (renewed in time), else 0").add(int(leases.valid())),
         Family("qjobd_cluster_jobs_claimed_total", "counter", "Jobs this node claimed (at "

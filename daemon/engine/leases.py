@@ -2,10 +2,11 @@
 
 Every ``lease_seconds / 3`` the keeper, in one round:
 
-1. heartbeats, and learns the live nodes: each backend's budget is split evenly among
-   them (``requests_per_second`` is the budget of every node together);
-2. renews every lease this node holds; a job the engines drive that is no longer among
-   them passed to another node (this one was cut off past its lease): it is released;
+1. heartbeats, which renews every lease this node holds (one row), and learns the live
+   nodes: each backend's budget is split evenly among them (``requests_per_second`` is
+   the budget of every node together);
+2. reads which jobs it holds; a job the engines drive that is no longer among them
+   passed to another node (this one was cut off past its lease): it is released;
 3. claims its share of the jobs nobody holds (a dead node's, once their leases expired)
    and hands them to the engines, which settle them exactly as a restart does.
 
@@ -71,16 +72,11 @@ class LeaseKeeper:
         and a share of the unheld ones; how many jobs the engines got."""
         sent = time.monotonic()
         self.nodes = await self.cluster.heartbeat(self._detail())
-        backends = list(self._runners)
-        claimed = await self.cluster.claim(backends, 0, own=True)
-        free, total, mine = await self.cluster.census(backends)
-        claimed += await self.cluster.claim(
-            backends, Cluster.share(free, len(self.nodes), total=total, mine=mine))
+        own = await self.cluster.claim(list(self._runners), 0, own=True)
         self._trusted_until = sent + TRUST * self.cluster.lease_seconds
         self._share_budgets()
-        await self._adopt(claimed)
-        self.claimed += len(claimed)
-        return len(claimed)
+        await self._take(own)
+        return len(own) + await self._claim_share()
 
     async def run(self) -> None:
         """A round every ``interval`` seconds, until cancelled (then the scheduler, once
@@ -96,8 +92,8 @@ class LeaseKeeper:
     async def round(self) -> None:
         sent = time.monotonic()
         before = {name: runner.held() for name, runner in self._runners.items()}
-        self.nodes = await self.cluster.heartbeat(self._detail())
-        held = await self.cluster.renew()
+        self.nodes = await self.cluster.heartbeat(self._detail())  # renews every lease
+        held = await self.cluster.held()
         self._trusted_until = sent + TRUST * self.cluster.lease_seconds
         for name, jobs in before.items():
             lost = [job_id for job_id, epoch in jobs.items()
@@ -117,17 +113,26 @@ class LeaseKeeper:
         if stale:
             await self.cluster.give_up(sorted(stale))
         self._share_budgets()
+        await self._claim_share()
+        self.rounds += 1
+
+    async def _claim_share(self) -> int:
+        """Claim this node's share of the jobs nobody holds; how many it got."""
         backends = list(self._runners)
         free, total, mine = await self.cluster.census(backends)
-        if free:
-            claimed = await self.cluster.claim(
-                backends, Cluster.share(free, len(self.nodes), total=total, mine=mine))
-            if claimed:
-                log.info("claimed jobs", jobs=len(claimed),
-                         taken_over=sum(c.taken_over for c in claimed), node=self.node)
-                await self._adopt(claimed)
-                self.claimed += len(claimed)
-        self.rounds += 1
+        if not free:
+            return 0
+        claimed = await self.cluster.claim(
+            backends, Cluster.share(free, len(self.nodes), total=total, mine=mine))
+        if claimed:
+            log.info("claimed jobs", jobs=len(claimed),
+                     taken_over=sum(c.taken_over for c in claimed), node=self.node)
+            await self._take(claimed)
+        return len(claimed)
+
+    async def _take(self, claimed: list[Claimed]) -> None:
+        await self._adopt(claimed)
+        self.claimed += len(claimed)
 
     def settle_delay(self, claimed: Claimed, timeout: float) -> float:
         """Seconds before settling a taken-over interrupted submission: its last holder
@@ -137,10 +142,14 @@ class LeaseKeeper:
             return 0.0
         return timeout
 
+    @property
+    def share(self) -> float:
+        """Each live node's part of a backend's budget."""
+        return 1.0 / max(1, len(self.nodes))
+
     def _share_budgets(self) -> None:
-        live = max(1, len(self.nodes))
         for runner in self._runners.values():
-            runner.set_share(1.0 / live)
+            runner.set_share(self.share)
 
     def _detail(self) -> dict[str, Any]:
         return {"backends": {name: {"jobs": len(r.held())}
@@ -156,11 +165,11 @@ class LeaseKeeper:
 
     def view(self) -> dict[str, Any]:
         """What health shows of the cluster."""
-        live = max(1, len(self.nodes))
+        share = round(self.share, 4)
         return {
             "node": self.node, "lease_seconds": self.cluster.lease_seconds,
-            "leases_valid": self.valid(), "budget_share": round(1.0 / live, 4),
+            "leases_valid": self.valid(), "budget_share": share,
             "nodes": [{"name": n.name, "heartbeat_age": round(n.age, 3), "leases": n.jobs,
-                       "started_at": n.started_at, "budget_share": round(1.0 / live, 4),
+                       "started_at": n.started_at, "budget_share": share,
                        "backends": n.detail.get("backends", {})} for n in self.nodes],
         }

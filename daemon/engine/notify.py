@@ -19,11 +19,7 @@ class BatchChanges:
     def close(self) -> None:
         """Release every waiter (the daemon is stopping: long-polls must not hold it up)."""
         self.closed = True
-        for event in self._waiters.values():
-            event.set()
-        self._waiters.clear()
-        self._holders.clear()
-        self._any.set()
+        self.notify_all()
 
     def notify(self, batch_id: str) -> None:
         event = self._waiters.pop(batch_id, None)

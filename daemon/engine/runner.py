@@ -183,13 +183,13 @@ class BackendRunner:
         each job's next interval follows the new schedule.
         """
         await self.backend.reconfigure(config.options)
-        if config.requests_per_second != self._config.requests_per_second:
-            rate = config.requests_per_second
-            self._budget.set_rate(rate * self._share if rate else rate)
+        rate_changed = config.requests_per_second != self._config.requests_per_second
         if config.polling != self._config.polling:
             self._schedule = PollSchedule(config.polling)
             self._policy = RetryPolicy(self.name, config.polling)
         self._config = config
+        if rate_changed:
+            self._apply_rate()
 
     def next_poll_at(self, job_id: str) -> float | None:
         """Wall time of the job's next poll, if this engine tracks it."""
@@ -270,8 +270,11 @@ class BackendRunner:
         """This node's share of the backend's budget: ``requests_per_second`` is the
         budget of every node together (several daemons on one store)."""
         self._share = share
-        rate = self._config.requests_per_second
-        self._budget.set_rate(rate * share if rate else rate)
+        self._apply_rate()
+
+    def _apply_rate(self) -> None:
+        rate = self._config.requests_per_second  # 0: no budget, whatever the share
+        self._budget.set_rate(rate * self._share)
 
     def pause(self, seconds: float) -> None:
         """Another node was told to pause this backend: pause here too."""

@@ -52,12 +52,12 @@ async def expire(cluster: Cluster) -> None:
                                 (cluster.node,))
 
 
-async def test_a_batch_is_leased_to_its_submitter_and_renewed_by_it_alone(
+async def test_a_batch_is_leased_to_its_submitter_and_held_by_it_alone(
         postgres_url: str) -> None:
     async with node(postgres_url, "a") as a, node(postgres_url, "b") as b:
         jobs = await submit(a, 3)
-        assert await a.renew() == {j: 1 for j in jobs}
-        assert await b.renew() == {}
+        assert await a.held() == {j: 1 for j in jobs}
+        assert await b.held() == {}
         assert await b.claimable(["fake"]) == 0  # held: nothing for b to take
         assert await b.claim(["fake"], 10) == []
 
@@ -79,7 +79,7 @@ async def test_a_node_that_lost_its_lease_cannot_write_and_the_taker_can(
         assert (stored.state, stored.remote_id) == (JobState.SUBMITTING, None)  # unchanged
         await b.store.transition(job, JobState.SUBMITTED, remote_id="r-b", epoch=2)
         assert (await a.store.get_job(job)).remote_id == "r-b"
-        assert job not in await a.renew() and (await b.renew())[job] == 2
+        assert job not in await a.held() and (await b.held())[job] == 2
 
 
 async def test_two_claimers_split_the_unheld_jobs_and_never_take_one_twice(
@@ -94,7 +94,7 @@ async def test_two_claimers_split_the_unheld_jobs_and_never_take_one_twice(
         ids_a, ids_b = {x.job.id for x in got_a}, {x.job.id for x in got_b}
         assert not ids_a & ids_b and ids_a | ids_b == set(jobs)
         assert len(ids_a) == len(ids_b) == 20
-        assert await c.renew() == {}  # c's writes are fenced out from now on
+        assert await c.held() == {}  # c's writes are fenced out from now on
 
 
 async def test_a_second_node_of_the_same_name_is_refused(postgres_url: str) -> None:
