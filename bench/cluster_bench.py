@@ -62,6 +62,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from bench.procfs import children, cpu_seconds
 from qjobd.store.states import ACTIVE
 from qjobd.testing.daemon_process import DaemonProcess, wait_until
 from qjobd.testing.fake_ionq import FakeIonQProcess
@@ -101,30 +102,6 @@ QUICK = {"jobs": 200, "batch": 25, "settle": 3.0, "window": 3.0, "lease_seconds"
 
 
 # --------------------------------------------------------------------------- /proc
-
-
-def cpu_seconds(pid: int) -> float:
-    """user + system CPU seconds of a live process so far (fields 14, 15 of stat(5))."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = text[text.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def children(pid: int) -> list[int]:
-    found: list[int] = []
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:
-        return found
-    for task in tasks:
-        try:
-            found += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return found
 
 
 def tree(pid: int) -> list[int]:

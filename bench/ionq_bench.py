@@ -46,6 +46,7 @@ from typing import Any
 
 import httpx
 
+from bench.procfs import cpu_seconds
 from qjobd.daemon.client.connection import TERMINAL_STATES
 from qjobd.daemon.config import PollingConfig
 from qjobd.testing.daemon_process import accepts
@@ -156,21 +157,6 @@ def make_circuits(n: int) -> list[tuple[str, str]]:
 
 # --------------------------------------------------------------------------- processes
 
-def _clock_tick() -> int:
-    return os.sysconf("SC_CLK_TCK")
-
-
-def proc_cpu(pid: int) -> float:
-    """User + system CPU seconds a live process has used so far (from /proc)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields_ = text[text.rindex(")") + 2:].split()
-    # fields 14 and 15 of stat(5), counted after the ")" that ends the command name
-    return (int(fields_[11]) + int(fields_[12])) / _clock_tick()
-
-
 def wait_child(proc: subprocess.Popen[bytes], deadline: float,
                on_tick: Callable[[], None] | None = None,
                grace: float = 30.0) -> tuple[int, Any, bool]:
@@ -212,7 +198,7 @@ def _fake(settings: Settings) -> FakeIonQProcess:
 def _collect_fake(fake: FakeIonQProcess, side: Side) -> dict[str, dict[str, Any]]:
     """Request counts and job completion times from the fake; returns id -> job state."""
     assert fake.proc is not None
-    side.fake_cpu = proc_cpu(fake.proc.pid)
+    side.fake_cpu = cpu_seconds(fake.proc.pid)
     stats = fake.stats()
     side.requests = int(stats["requests"])
     side.by_route = dict(stats["by_route"])
@@ -280,7 +266,7 @@ def run_helper(settings: Settings, circuits_file: Path, workdir: Path,
 
         def tick() -> None:
             say(f"  helper: {time.monotonic() - started:5.0f} s, "
-                f"cpu {proc_cpu(proc.pid):6.1f} s")
+                f"cpu {cpu_seconds(proc.pid):6.1f} s")
 
         code, usage, timed_out = wait_child(proc, started + settings.side_timeout, tick)
         stopped_at = time.time()
@@ -361,7 +347,7 @@ def run_qjobd(settings: Settings, circuits: Sequence[tuple[str, str]], workdir: 
                     if proc.poll() is not None or time.monotonic() > deadline:
                         raise RuntimeError(f"qjobd did not start: {_tail(log_path)}")
                     time.sleep(0.02)
-                side.startup_cpu = proc_cpu(proc.pid)
+                side.startup_cpu = cpu_seconds(proc.pid)
                 _drive_qjobd(settings, circuits, sock, deadline, side, say, proc.pid)
             finally:
                 stopped_at = time.time()
@@ -417,7 +403,7 @@ def _drive_qjobd(settings: Settings, circuits: Sequence[tuple[str, str]], sock: 
                 if time.monotonic() - last_say >= 5:
                     last_say = time.monotonic()
                     say(f"  qjobd: {time.monotonic() - started:5.0f} s, "
-                        f"cpu {proc_cpu(pid):6.1f} s")
+                        f"cpu {cpu_seconds(pid):6.1f} s")
 
 
 def _count_log_errors(path: Path) -> int:

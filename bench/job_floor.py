@@ -34,6 +34,8 @@ from typing import Any
 
 import httpx
 
+from bench.procfs import cpu_seconds
+
 ROOT = Path(__file__).resolve().parent.parent
 GROUP = 25
 BELL3 = ('OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\nh q[0];\n'
@@ -43,11 +45,6 @@ BELL3 = ('OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\nh q[0]
 def _cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def proc_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- provider side -----------------------------------------------------------------------
@@ -155,10 +152,10 @@ def api_floor_ms(jobs: int) -> float:
                     c.get(f"/v1/batches/{r.json()['id']}/wait", params={"timeout": 60})
                 for i in range(20):
                     pair(i)
-                before = proc_cpu(server.pid)
+                before = cpu_seconds(server.pid)
                 for i in range(jobs):
                     pair(1000 + i)
-                return (proc_cpu(server.pid) - before) / jobs * 1000
+                return (cpu_seconds(server.pid) - before) / jobs * 1000
         finally:
             server.terminate()
             server.wait(10)

@@ -86,9 +86,9 @@ from bench.ionq_bench import (
     machine,
     make_circuits,
     percentile,
-    proc_cpu,
     render_text,
 )
+from bench.procfs import cpu_seconds, user_system
 from qjobd.daemon.engine.histogram import quantile
 from qjobd.daemon.engine.schedule import UNBUDGETED_RESUME_RATE
 from qjobd.store.models import CircuitRecord, NewBatch
@@ -242,17 +242,6 @@ def proc_status(pid: int) -> dict[str, int]:
     except OSError:
         pass
     return out
-
-
-def proc_user_system(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of a live process so far (fields 14 and 15 of stat(5))."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0, 0.0
-    fields = text[text.rindex(")") + 2:].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def max_in_window(times: Sequence[float], seconds: float = 1.0) -> int:
@@ -543,14 +532,14 @@ def steady(daemon: Daemon, fake: FakeIonQProcess, s: Settings, result: dict[str,
     pid = daemon.pid
     fake_pid = fake.proc.pid if fake.proc is not None else 0
     before = daemon.metrics()
-    cpu0, w0, load0 = proc_cpu(pid), time.monotonic(), load()
-    split0 = proc_user_system(pid)
-    fake_cpu0 = proc_cpu(fake_pid)
+    cpu0, w0, load0 = cpu_seconds(pid), time.monotonic(), load()
+    split0 = user_system(pid)
+    fake_cpu0 = cpu_seconds(fake_pid)
     say(f"  measuring for {s.window:.0f} s (load average {load0[0]:.2f}) ...")
     time.sleep(s.window)
-    cpu1, w1 = proc_cpu(pid), time.monotonic()
-    split1 = proc_user_system(pid)
-    fake_cpu1 = proc_cpu(fake_pid)
+    cpu1, w1 = cpu_seconds(pid), time.monotonic()
+    split1 = user_system(pid)
+    fake_cpu1 = cpu_seconds(fake_pid)
     status = proc_status(pid)
     after = daemon.metrics()
     rows = fake.requests(since=t0)
@@ -716,10 +705,10 @@ def submission(daemon: Daemon, database: Path, s: Settings, result: dict[str, An
             say(f"  {s.big_batch:,}-circuit batch accepted in {took:.2f} s")
     result["big_batch_s"] = times
     result["big_batch_median_s"] = percentile(times, 50)
-    cpu0 = proc_cpu(pid)
+    cpu0 = cpu_seconds(pid)
     load0 = load()
     singles = asyncio.run(_singles(daemon.socket, s, offset))
-    result["singles_daemon_cpu_utilisation"] = _div(proc_cpu(pid) - cpu0, singles["wall_s"])
+    result["singles_daemon_cpu_utilisation"] = _div(cpu_seconds(pid) - cpu0, singles["wall_s"])
     # kill -9 right after the last acknowledgement: every acknowledged batch must be there
     daemon.stop(signal.SIGKILL)
     acked = singles.pop("acked")
@@ -783,7 +772,7 @@ def run(s: Settings, workdir: Path, say: Callable[[str], None],
                     report["bare"] = {**runs[len(runs) // 2], "runs_ms_per_request": [
                         r["cpu_ms_per_request"] for r in runs]}
                 fake_pid = fake.proc.pid if fake.proc is not None else 0
-                report["fake_cpu_s"] = proc_cpu(fake_pid)
+                report["fake_cpu_s"] = cpu_seconds(fake_pid)
             if "c" in phases:
                 say("submission on a fresh daemon and store ...")
                 database = root / "submit.sqlite3"

@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench.job_floor import api_floor_ms, provider_floor_ms
+from bench.procfs import children, cpu_seconds
 from qjobd.testing.daemon_process import DaemonProcess, wait_until
 from qjobd.testing.fake_ionq import FakeIonQProcess
 from qjobd.testing.fake_qoro import FakeQoro
@@ -150,24 +151,6 @@ def rss_mb(pid: int) -> float:
     except OSError:
         pass
     return 0.0
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            found += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return found
 
 
 def parse_workers(pid: int) -> list[int]:
