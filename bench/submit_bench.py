@@ -42,7 +42,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench.job_floor import api_floor_ms, provider_floor_ms
+from bench.job_floor import BELL3, api_floor_ms, provider_floor_ms
 from bench.procfs import children, cpu_seconds
 from qjobd.testing.daemon_process import DaemonProcess, wait_until
 from qjobd.testing.fake_ionq import FakeIonQProcess
@@ -261,10 +261,6 @@ def big_batch(figures: Figures, workdir: Path, n: int, gates: int, qubits: int,
     figures.ratio_to_qiskit = figures.seconds_to_201 / baseline
     figures.us_per_gate_daemon = figures.seconds_to_201 / figures.gates * 1e6
     figures.us_per_gate_qiskit = baseline / figures.gates * 1e6
-
-
-BELL3 = ('OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\nbit[2] c;\nh q[0];\n'
-         'cx q[0], q[1];\nrz({angle}) q[1];\nc = measure q;\n')
 
 
 def cpu_per_job(figures: Figures, workdir: Path, jobs: int, quiet: bool) -> None:
