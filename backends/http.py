@@ -18,6 +18,7 @@ import httpx
 
 from qjobd.backends.base import Backend
 from qjobd.backends.errors import AuthError, ProtocolError, RateLimited, Rejected, Unavailable
+from qjobd.backends.transport import make_transport
 
 __all__ = ["HttpBackend", "check", "error_text", "json_body", "read_api_key", "retry_after",
            "send"]
@@ -188,9 +189,8 @@ class HttpBackend(Backend):
             timeout=httpx.Timeout(self.timeout, connect=min(10.0, self.timeout)),
             # httpcore checks every pooled connection on each request (a poll and a
             # getpeername each): a small pool costs less CPU than a wide one saves waiting
-            limits=httpx.Limits(max_connections=8, max_keepalive_connections=8),
-            # no transport retries: a retried create or upload could duplicate work
-            transport=httpx.AsyncHTTPTransport(retries=0),
+            transport=make_transport(httpx.Limits(max_connections=8,
+                                                  max_keepalive_connections=8)),
         )
 
     async def aclose(self) -> None:
