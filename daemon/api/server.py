@@ -44,9 +44,10 @@ class SocketServer(uvicorn.Server):
 
 
 def make_server(app: ASGIApp) -> SocketServer:
+    # no proxy-header middleware: nothing proxies a Unix socket, and it ran on every request
     config = uvicorn.Config(app, http=PeerCredProtocol, lifespan="off", log_config=None,
                             access_log=False, server_header=False, date_header=False,
-                            timeout_graceful_shutdown=3)
+                            proxy_headers=False, timeout_graceful_shutdown=3)
     return SocketServer(config)
 
 
