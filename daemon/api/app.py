@@ -46,6 +46,10 @@ VERSION = qjobd.__version__
 MAX_WAIT = 300.0
 #: the media type of GET /v1/events
 NDJSON = "application/x-ndjson"
+#: a body up to this size is scanned on the event loop: hostile or not, that takes at
+#: most about 0.4 ms on a 2-CPU machine (bench: 0.11 ms for a Bell circuit), less than a
+#: thread's round trip costs in CPU (about 0.4 ms); a larger one is scanned in a thread
+INLINE_BODY_BYTES = 4096
 #: what an integer or number query parameter may look like
 _INTEGER = re.compile(r"-?[0-9]{1,20}", re.ASCII)
 _NUMBER = re.compile(r"-?[0-9]{1,20}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?", re.ASCII)
@@ -184,8 +188,10 @@ class _Api:
             raise ErrorAnswer(400, "invalid_request", "Idempotency-Key must be 1 to 200 characters")
         try:
             limits = self.ctx.config.daemon
-            # a scan and a parse of up to max_request_bytes: off the event loop
-            body = await anyio.to_thread.run_sync(validation.parse_body, raw, limits)
+            if len(raw) <= INLINE_BODY_BYTES:
+                body = validation.parse_body(raw, limits)
+            else:  # a scan and a parse of up to max_request_bytes: off the event loop
+                body = await anyio.to_thread.run_sync(validation.parse_body, raw, limits)
             fields = validation.check_submission(body, self.ctx.backends, limits)
             backend = self.ctx.backends[fields["backend"]]
             # in the parse workers: the event loop never parses
