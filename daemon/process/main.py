@@ -18,12 +18,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import uvloop
 
 from qjobd.backends.base import Backend
 from qjobd.backends.registry import UnknownBackendType, backend_class
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     from qjobd.daemon.process import service  # after logging is configured
 
     try:
-        asyncio.run(service.run(config, config_path=args.config))
+        # uvloop: the same asyncio, its loop in C; about 10% less CPU per job (benchmarks.md)
+        uvloop.run(service.run(config, config_path=args.config))
     except (StoreError, SocketInUse, ActivationError, service.CoreTaskFailed) as exc:
         print(f"qjobd: {exc}", file=sys.stderr)
         return 1
