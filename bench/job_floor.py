@@ -13,6 +13,7 @@ the same machine, in the same run as the daemon:
   and ``GET /v1/batches/{id}/wait`` (answers the batch as JSON): the server process's
   CPU per submit + wait pair, the client making them one after the other as the bench's.
 
+Both run on uvloop's event loop, as the daemon does, and httpx with its own transport.
 No store, no validation, no engine: the sum is what any daemon on httpx, uvicorn and
 Starlette spends per job before it does anything of its own.
 """
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import uvloop
 
 from bench.procfs import cpu_seconds
 
@@ -125,7 +127,8 @@ def _api_app() -> Any:
 
 def _serve_api(socket_path: str) -> None:
     import uvicorn
-    config = uvicorn.Config(_api_app(), uds=socket_path, http="h11", lifespan="off",
+    config = uvicorn.Config(_api_app(), uds=socket_path, http="h11", loop="uvloop",
+                            lifespan="off",
                             log_config=None, access_log=False, server_header=False,
                             date_header=False)
     uvicorn.Server(config).run()
@@ -171,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         _serve_api(args.api_server)
         return 0
     if args.provider:
-        cpu = asyncio.run(_provider_jobs(args.provider, os.environ["FLOOR_IONQ_KEY"],
+        cpu = uvloop.run(_provider_jobs(args.provider, os.environ["FLOOR_IONQ_KEY"],
                                          args.jobs))
         print(json.dumps({"cpu_ms_per_job": cpu / args.jobs * 1000}))
         return 0
