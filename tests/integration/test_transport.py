@@ -42,7 +42,9 @@ class QuietCloser:
             await writer.drain()
             await asyncio.sleep(0.05)  # after the client has put the connection back
         finally:
-            writer.close()
+            # the socket closed at once, with no TLS goodbye: the client's end reads EOF
+            writer.transport.abort()
+            await writer.wait_closed()
             self.closed += 1
 
 
