@@ -187,10 +187,11 @@ class HttpBackend(Backend):
             base_url=self.base_url + "/",
             headers={"Authorization": f"{self.auth_scheme} {self._key}", "User-Agent": "qjobd"},
             timeout=httpx.Timeout(self.timeout, connect=min(10.0, self.timeout)),
-            # httpcore checks every pooled connection on each request (a poll and a
-            # getpeername each): a small pool costs less CPU than a wide one saves waiting
-            transport=make_transport(httpx.Limits(max_connections=8,
-                                                  max_keepalive_connections=8)),
+            # httpx's default pool, which this client has always had (a client's limits=
+            # is ignored beside its own transport=); the pool's checks of its connections
+            # cost a poll each (backends/transport.py): 8 or 20 kept cost the same CPU
+            transport=make_transport(httpx.Limits(max_connections=100,
+                                                  max_keepalive_connections=20)),
         )
 
     async def aclose(self) -> None:
