@@ -1,13 +1,14 @@
 """The HTTP transport every provider's client uses: httpx's own, with cheaper pool checks.
 
-Before each request httpcore's pool asks every pooled connection whether it has expired,
-and each idle one answers by asking its stream for ``is_readable``. On anyio's streams
-that lookup rebuilds the socket's whole attribute table (a ``getpeername`` call and half
-a dozen closures) to find the raw socket, then polls it: about 50 us per connection on
-the lab's 2-CPU machine, so with the 8 connections a backend pools, some 16 of them per
-request and 0.6 ms of CPU per job (issue 13's profile). The streams here keep the raw
-socket they were opened on, so the check is the poll alone. Everything else (the
-connections, HTTP/1.1, TLS, timeouts, the exceptions httpx maps) is httpcore's own.
+Before each request, and again as each response is closed, httpcore's pool asks every
+pooled connection whether it has expired, and each idle one answers by asking its stream
+for ``is_readable``. On anyio's streams that lookup rebuilds the socket's whole attribute
+table (a ``getpeername`` call and half a dozen closures) to find the raw socket, then
+polls it: 7.0 us a check on the lab's 2-CPU machine, against 0.9 us for the poll alone,
+and up to 40 checks a request with 20 connections kept. In issue 13's profile of the
+daemon these checks fell from 9.1 % to 3.8 % of its event loop's samples. The streams
+here keep the raw socket they were opened on, so a check is the poll alone. Everything
+else (the connections, HTTP/1.1, TLS, timeouts, the exceptions httpx maps) is httpcore's.
 """
 
 from __future__ import annotations
