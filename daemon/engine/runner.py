@@ -245,6 +245,12 @@ class BackendRunner:
         if batch is not None:
             self._remember(dataclasses.replace(batch, jobs=()))
         for job in jobs:
+            if job.id in self._jobs:
+                # resumed from the store already: a batch stored while the daemon was
+                # starting can be read by its resume before the API hands it over. Two
+                # entries would be two submitters, and the one whose job the other
+                # replaced would drive a job a cancel no longer finds
+                continue
             self._jobs[job.id] = Tracked(job.id, job.batch_id, job.state, None, None, None,
                                          submission_key=job.submission_key, epoch=epoch)
             self._submit_queue.put_nowait(job.id)
