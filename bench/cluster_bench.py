@@ -58,11 +58,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.procfs import children, cpu_seconds
+from bench.options import settings_from
+from bench.procfs import children, cpu_model, cpu_seconds
 from qjobd.store.states import ACTIVE
 from qjobd.testing.daemon_process import DaemonProcess, wait_until
 from qjobd.testing.fake_ionq import FakeIonQProcess
@@ -671,14 +672,7 @@ def update_doc(path: Path, section: str) -> None:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model(platform.processor() or platform.machine())
     out: dict[str, Any] = {"nproc": os.cpu_count(), "cpu": cpu,
                            "python": platform.python_version(),
                            "date": dt.date.today().isoformat()}
@@ -744,14 +738,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def settings_of(args: argparse.Namespace) -> Settings:
-    s = Settings()
-    if args.quick:
-        s = replace(s, **QUICK)
-    given = {k: v for k, v in vars(args).items() if k in Settings.__dataclass_fields__
-             and v is not None and k != "nodes"}
-    if args.nodes:
-        given["nodes"] = tuple(int(x) for x in args.nodes.split(",") if x.strip())
-    return replace(s, **given)
+    nodes = tuple(int(x) for x in args.nodes.split(",") if x.strip()) if args.nodes else None
+    return settings_from(args, Settings(), QUICK, nodes=nodes)
 
 
 def measure(args: argparse.Namespace, s: Settings, say: Callable[[str], None],

@@ -46,7 +46,7 @@ from typing import Any
 
 import httpx
 
-from bench.procfs import cpu_seconds
+from bench.procfs import cpu_model, cpu_seconds
 from qjobd.daemon.client.connection import TERMINAL_STATES
 from qjobd.daemon.config import PollingConfig
 from qjobd.testing.daemon_process import accepts
@@ -648,14 +648,7 @@ def _bias(settings: Settings) -> str:
 # --------------------------------------------------------------------------- machine, doc
 
 def machine() -> dict[str, Any]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model("unknown")
     # what `nproc` prints: the CPUs this process may run on
     return {"nproc": len(os.sched_getaffinity(0)), "cpu": model,
             "python": platform.python_version(), "platform": platform.platform(),

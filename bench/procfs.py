@@ -1,4 +1,4 @@
-"""What the benchmarks read of a live process from /proc: its CPU time, its children."""
+"""What the benchmarks read from /proc: a live process's CPU time and children, the CPU model."""
 
 from __future__ import annotations
 
@@ -36,3 +36,14 @@ def children(pid: int) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def cpu_model(default: str) -> str:
+    """The CPU's model name, as /proc/cpuinfo says it; ``default`` where it does not."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return default

@@ -67,7 +67,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,7 @@ from bench.ionq_bench import (
     percentile,
     render_text,
 )
+from bench.options import settings_from
 from bench.procfs import cpu_seconds, user_system
 from qjobd.daemon.engine.histogram import quantile
 from qjobd.daemon.engine.schedule import UNBUDGETED_RESUME_RATE
@@ -914,12 +915,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def settings_of(args: argparse.Namespace) -> Settings:
-    s = Settings()
-    if args.quick:
-        s = replace(s, **QUICK)
-    given = {k: v for k, v in vars(args).items() if k in Settings.__dataclass_fields__
-             and v is not None}
-    return replace(s, **given)
+    return settings_from(args, Settings(), QUICK)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
