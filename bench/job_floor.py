@@ -128,9 +128,8 @@ def _api_app() -> Any:
 def _serve_api(socket_path: str) -> None:
     import uvicorn
     config = uvicorn.Config(_api_app(), uds=socket_path, http="h11", loop="uvloop",
-                            lifespan="off",
-                            log_config=None, access_log=False, server_header=False,
-                            date_header=False)
+                            lifespan="off", log_config=None, access_log=False,
+                            server_header=False, date_header=False)
     uvicorn.Server(config).run()
 
 
@@ -175,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.provider:
         cpu = uvloop.run(_provider_jobs(args.provider, os.environ["FLOOR_IONQ_KEY"],
-                                         args.jobs))
+                                        args.jobs))
         print(json.dumps({"cpu_ms_per_job": cpu / args.jobs * 1000}))
         return 0
     parser.error("say --provider or --api-server (bench.submit_bench runs both)")

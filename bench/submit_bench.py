@@ -86,9 +86,10 @@ class Figures:
     cpu_ms_per_job: float = 0.0
     workers_cpu_ms_per_job: float = 0.0
     seconds_for_jobs: float = 0.0
-    #: requests the fake IonQ received per job (creates, status pages, results)
+    #: requests the fake IonQ received per job (creates, status pages, results), in the
+    #: last round (the same in every round but for a status page or two)
     ionq_requests_per_job: float = 0.0
-    #: requests the daemon's API answered per job (the submit, the waits)
+    #: requests the daemon's API answered per job (the submit, the waits), last round
     api_requests_per_job: float = 0.0
     #: the submit path alone: daemon CPU per single-circuit batch to a backend whose
     #: engine sends (almost) nothing (an unreachable IonQ with a budget of 0.01/s)
@@ -467,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.circuits, args.gates, args.jobs, args.rounds = 8, 200, 20, 1
+    if args.jobs < 1 or args.rounds < 1:
+        parser.error("--jobs and --rounds must be at least 1")
     figures = Figures()
     workdir = Path(tempfile.mkdtemp(prefix="qjobd-sb-", dir="/tmp"))
     figures.load.append(os.getloadavg()[0])
