@@ -217,7 +217,7 @@ class _Api:
             raise ErrorAnswer(409, "idempotency_conflict", str(exc),
                               {"batch_id": exc.batch_id}) from None
         if created:
-            self.ctx.scheduler.accepted(batch)
+            self.ctx.scheduler.accepted(batch, records)
             self.ctx.changes.notify(batch.id)
             log.info("batch accepted", batch_id=batch.id, backend=batch.backend,
                      circuits=len(records), jobs=len(batch.jobs), owner=peer.uid)

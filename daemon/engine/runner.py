@@ -27,12 +27,13 @@ from qjobd.backends.base import Backend, Circuit, RemoteState, RemoteStatus, Sub
 from qjobd.backends.errors import BackendError
 from qjobd.daemon.config import BackendConfig, PollingConfig
 from qjobd.daemon.engine.calendar import PollCalendar
+from qjobd.daemon.engine.circuitcache import CircuitCache
 from qjobd.daemon.engine.histogram import Histogram
 from qjobd.daemon.engine.policy import LOOKUP_CLOCK_SKEW, Action, Decision, RetryPolicy, Step
 from qjobd.daemon.engine.ratelimit import Priority, RequestBudget
 from qjobd.daemon.engine.schedule import PollSchedule
 from qjobd.store.errors import LeaseLost
-from qjobd.store.models import Batch, Job
+from qjobd.store.models import Batch, CircuitRecord, Job
 from qjobd.store.states import JobState, can_move
 from qjobd.store.store import Store
 
@@ -150,6 +151,8 @@ class BackendRunner:
         #: the schedule write in progress: the poll loop does not wait for its commit
         self._flushing: asyncio.Task[None] | None = None
         self._batches: dict[str, Batch] = {}
+        #: the circuits of jobs in flight, for their create and their results
+        self._circuits = CircuitCache()
         self._requests = 0
         self._errors = 0
         self._last_error: str | None = None
@@ -239,11 +242,13 @@ class BackendRunner:
             self._log.info("resumed jobs", jobs=len(self._jobs))
 
     def enqueue(self, jobs: Iterable[Job], batch: Batch | None = None, *,
-                epoch: int | None = None) -> None:
-        """Accept newly stored (queued) jobs; ``batch``, the one just stored, saves the
-        submitter reading its settings back; ``epoch``: their leases' (several daemons)."""
+                circuits: Sequence[CircuitRecord] = (), epoch: int | None = None) -> None:
+        """Accept newly stored (queued) jobs; ``batch``, the one just stored, and
+        ``circuits``, its circuits as stored, save the submitter reading them back;
+        ``epoch``: their leases' (several daemons)."""
         if batch is not None:
             self._remember(dataclasses.replace(batch, jobs=()))
+        by_label = {c.label: c for c in circuits}
         for job in jobs:
             if job.id in self._jobs:
                 # resumed from the store already: a batch stored while the daemon was
@@ -253,6 +258,8 @@ class BackendRunner:
                 continue
             self._jobs[job.id] = Tracked(job.id, job.batch_id, job.state, None, None, None,
                                          submission_key=job.submission_key, epoch=epoch)
+            if by_label and all(label in by_label for label in job.labels):
+                self._circuits.put(job.id, [by_label[label] for label in job.labels])
             self._submit_queue.put_nowait(job.id)
 
     def held(self) -> dict[str, int | None]:
@@ -265,6 +272,7 @@ class BackendRunner:
         released = 0
         for job_id in job_ids:
             tracked = self._jobs.pop(job_id, None)
+            self._circuits.drop(job_id)
             if tracked is not None:
                 tracked.pending_end = None
                 released += 1
@@ -431,7 +439,7 @@ class BackendRunner:
         if key is None:  # resumed or put back: the store has it
             key = tracked.submission_key = (await self._store.get_job(tracked.job_id)
                                             ).submission_key
-        records = await self._store.circuits(tracked.job_id)
+        records = await self._records(tracked.job_id)
         versions = self.backend.capabilities.qasm_versions
         if all(r.qasm_version in versions for r in records):
             # checked at submission and stored with its version: sent as it is
@@ -680,7 +688,7 @@ class BackendRunner:
         return True
 
     async def _complete(self, tracked: Tracked, status: RemoteStatus) -> None:
-        records = await self._store.circuits(tracked.job_id)
+        records = await self._records(tracked.job_id)
         circuits = [Circuit(r.label, r.source, r.qasm_version, r.num_clbits) for r in records]
         try:
             counts = await self._request(self.backend.results, tracked.remote_id, circuits)
@@ -828,11 +836,22 @@ class BackendRunner:
         self._log.debug("job state", state=str(target), batch_state=str(batch_state))
         if target.terminal:
             self._jobs.pop(tracked.job_id, None)
+            self._circuits.drop(tracked.job_id)
         elif tracked.pending_end is not None and target != JobState.SUBMITTING:
             reason, why = tracked.pending_end
             tracked.pending_end = None
             self._spawn(self.cancel([tracked.job_id], reason=reason, why=why))
         self._on_batch_change(tracked.batch_id)
+
+    async def _records(self, job_id: str) -> Sequence[CircuitRecord]:
+        """A job's circuits: as the API handed them over, else from the store (kept until
+        the job ends, for its results)."""
+        records = self._circuits.get(job_id)
+        if records is None:
+            records = await self._store.circuits(job_id)
+            if job_id in self._jobs:
+                self._circuits.put(job_id, records)
+        return records
 
     async def _batch(self, batch_id: str) -> Batch:
         """A batch's settings (shots, name, options never change), read once per batch."""
@@ -853,6 +872,7 @@ class BackendRunner:
         tracked.state, tracked.remote_id = job.state, job.remote_id
         if job.state.terminal:
             self._jobs.pop(job.id, None)
+            self._circuits.drop(job.id)
         elif job.state == JobState.QUEUED:
             self._submit_queue.put_nowait(job.id)
         elif job.remote_id is not None:

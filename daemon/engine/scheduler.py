@@ -6,7 +6,7 @@ import asyncio
 import functools
 import heapq
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import anyio
 import structlog
@@ -17,7 +17,7 @@ from qjobd.daemon.engine.leases import LeaseKeeper
 from qjobd.daemon.engine.notify import BatchChanges
 from qjobd.daemon.engine.runner import BackendRunner, RunnerStats
 from qjobd.store.cluster import Claimed, Cluster
-from qjobd.store.models import Batch, Job
+from qjobd.store.models import Batch, CircuitRecord, Job
 from qjobd.store.states import JobState
 from qjobd.store.store import Store
 
@@ -77,9 +77,10 @@ class Scheduler:
                 with anyio.CancelScope(shield=True):  # the service's stop cancels us
                     await self.leases.leave()
 
-    def accepted(self, batch: Batch) -> None:
-        """A batch was just stored: start its jobs (leased to this node, first epoch)."""
-        self.runners[batch.backend].enqueue(batch.jobs, batch,
+    def accepted(self, batch: Batch, circuits: Sequence[CircuitRecord] = ()) -> None:
+        """A batch was just stored (``circuits``: its circuits as stored): start its jobs
+        (leased to this node, first epoch)."""
+        self.runners[batch.backend].enqueue(batch.jobs, batch, circuits=circuits,
                                             epoch=1 if self.leases is not None else None)
         self._watch_deadline(batch)
 

@@ -308,3 +308,46 @@ async def test_a_job_that_starts_keeps_its_backoff_instead_of_polling_from_1s_ag
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def counting_circuit_reads(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The job ids of every ``store.circuits`` read (the real read still runs)."""
+    reads: list[str] = []
+    real = store.circuits
+
+    async def circuits(job_id: str) -> list[CircuitRecord]:
+        reads.append(job_id)
+        return await real(job_id)
+
+    monkeypatch.setattr(store, "circuits", circuits)
+    return reads
+
+
+async def test_circuits_handed_over_with_the_batch_are_not_read_back(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads = counting_circuit_reads(store, monkeypatch)
+    backend = ScriptedBackend("fake", {})
+    circuits = [CircuitRecord(f"c{i}", BELL2.replace("h q[0];", f"h q[0];\n// {i}"), 2, 2, 2)
+                for i in range(3)]
+    async with running(store, backend) as scheduler:
+        batch, _ = await store.create_batch(NewBatch(
+            owner_uid=0, backend="fake", shots=10, circuits=circuits,
+            groups=[[c.label] for c in circuits]))
+        scheduler.accepted(batch, circuits)
+        await batch_is(store, batch.id, JobState.COMPLETED)
+    assert reads == []  # neither for the creates nor for the results
+    sent = {c.label: c.source for job in backend.jobs.values() for c in job.request.circuits}
+    assert sent == {c.label: c.source for c in circuits}
+    assert [r.label for r in await store.results(batch.id)] == ["c0", "c1", "c2"]
+
+
+async def test_without_them_each_job_s_circuits_are_read_once(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads = counting_circuit_reads(store, monkeypatch)
+    backend = ScriptedBackend("fake", {})
+    async with running(store, backend) as scheduler:
+        batch = await new_batch(store, 3)
+        scheduler.accepted(batch)  # as a resume finds them: nothing in hand
+        await batch_is(store, batch.id, JobState.COMPLETED)
+    assert sorted(reads) == sorted(j.id for j in batch.jobs)  # for the create, not again
+    assert all(r.counts == {"00": 10} for r in await store.results(batch.id))
