@@ -1,8 +1,9 @@
-"""The floor under qjobd's CPU per job: the same HTTP work done by bare programs.
+"""The floor under qjobd's CPU per job: the same HTTP and durable work done by bare programs.
 
 A job submitted to IonQ through qjobd costs the daemon at least what its HTTP work costs
-on the design card's stack with nothing else around it. Two bare programs measure that on
-the same machine, in the same run as the daemon:
+on the design card's stack with nothing else around it, and what the commits its
+guarantees require cost there. Three bare programs measure that on the same machine, in
+the same run as the daemon:
 
 - **provider side**: one ``httpx.AsyncClient`` does for each job what qjobd's IonQ backend
   does on the wire: ``POST /jobs`` (the same body), ``GET /jobs?ids=...`` in groups of up
@@ -12,10 +13,19 @@ the same machine, in the same run as the daemon:
   Starlette app of two routes, ``POST /v1/batches`` (reads the JSON body, answers 201)
   and ``GET /v1/batches/{id}/wait`` (answers the batch as JSON): the server process's
   CPU per submit + wait pair, the client making them one after the other as the bench's.
+- **durable writes**: aiosqlite on one connection, WAL, one table, and per job the four
+  transactions SPEC "Guarantees" ask for, one statement and one round trip to aiosqlite's
+  thread each, one after another as a serial submitter's jobs go: the job and its circuit
+  stored before the 201 (guarantee 1), its intent before the create (2), its remote id,
+  and its result with its terminal state (3). The first, second and fourth
+  are ``synchronous=FULL`` commits (an fsync each), as a power loss must not undo them;
+  the remote id's is not synced (a job whose id a power loss took is found again by its
+  key: guarantee 2). Its own process CPU per job.
 
-Both run on uvloop's event loop, as the daemon does, and httpx with its own transport.
-No store, no validation, no engine: the sum is what any daemon on httpx, uvicorn and
-Starlette spends per job before it does anything of its own.
+All three run on uvloop's event loop, as the daemon does, and httpx with its own
+transport. No validation, no engine, no parse workers, no logs: the sum is what any
+daemon on the design card's httpx, aiosqlite and SQLite, with uvicorn and Starlette,
+spends per job before it does anything of its own.
 """
 
 from __future__ import annotations
@@ -163,12 +173,72 @@ def api_floor_ms(jobs: int) -> float:
             server.wait(10)
 
 
+# -- durable writes ----------------------------------------------------------------------
+
+def _sql(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+async def _store_jobs(path: Path, jobs: int) -> float:
+    """CPU seconds of this process for ``jobs`` jobs' four transactions (see above)."""
+    import aiosqlite
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    await conn.execute("PRAGMA journal_mode=WAL")
+    await conn.execute("PRAGMA synchronous=FULL")
+    await conn.execute("CREATE TABLE jobs (id TEXT PRIMARY KEY, source TEXT NOT NULL, "
+                       "state TEXT NOT NULL, remote_id TEXT, counts TEXT)")
+
+    async def commit(sql: str, *, synced: bool = True) -> None:
+        # one round trip to aiosqlite's thread a transaction (as the daemon's writer)
+        script = f"BEGIN IMMEDIATE; {sql}; COMMIT;"
+        if not synced:
+            script = f"PRAGMA synchronous=NORMAL; {script} PRAGMA synchronous=FULL;"
+        await conn.executescript(script)
+
+    async def job(i: int) -> None:
+        job_id = _sql(f"job-{i}")
+        await commit("INSERT INTO jobs (id, source, state) VALUES "
+                     f"({job_id}, {_sql(BELL3.format(angle=f'{0.001 * i:.6f}'))}, 'queued')")
+        await commit(f"UPDATE jobs SET state = 'submitting' WHERE id = {job_id}")
+        await commit(f"UPDATE jobs SET state = 'submitted', remote_id = {_sql(uuid.uuid4().hex)} "
+                     f"WHERE id = {job_id}", synced=False)
+        await commit("UPDATE jobs SET state = 'completed', counts = "
+                     f"""'{{"00":51,"11":49}}' WHERE id = {job_id}""")
+
+    try:
+        for i in range(20):
+            await job(i)
+        started = _cpu()
+        for i in range(jobs):
+            await job(1000 + i)
+        return _cpu() - started
+    finally:
+        await conn.close()
+
+
+def store_floor_ms(directory: Path, jobs: int) -> float:
+    """Bare sqlite3 CPU (ms) per job's durable writes, in a database under ``directory``
+    (the daemon's filesystem: an fsync costs what the daemon's does)."""
+    with tempfile.TemporaryDirectory(prefix="qjobd-floor-", dir=directory) as tmp:
+        out = subprocess.run([sys.executable, "-m", "bench.job_floor", "--store",
+                              str(Path(tmp) / "floor.db"), "--jobs", str(jobs)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f"the bare store program failed: {out.stderr[-2000:]}")
+    return float(json.loads(out.stdout)["cpu_ms_per_job"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--provider", metavar="BASE_URL", help="run the bare provider client")
     parser.add_argument("--api-server", metavar="SOCKET", help="serve the bare API")
+    parser.add_argument("--store", metavar="DATABASE", help="run the bare durable writes")
     parser.add_argument("--jobs", type=int, default=500)
     args = parser.parse_args(argv)
+    if args.store:
+        cpu = uvloop.run(_store_jobs(Path(args.store), args.jobs))
+        print(json.dumps({"cpu_ms_per_job": cpu / args.jobs * 1000}))
+        return 0
     if args.api_server:
         _serve_api(args.api_server)
         return 0
@@ -177,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                                         args.jobs))
         print(json.dumps({"cpu_ms_per_job": cpu / args.jobs * 1000}))
         return 0
-    parser.error("say --provider or --api-server (bench.submit_bench runs both)")
+    parser.error("say --provider, --api-server or --store (bench.submit_bench runs them)")
     return 2
 
 

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.job_floor import BELL3, api_floor_ms, provider_floor_ms
+from bench.job_floor import BELL3, api_floor_ms, provider_floor_ms, store_floor_ms
 from bench.procfs import children, cpu_seconds
 from qjobd.testing.daemon_process import DaemonProcess, wait_until
 from qjobd.testing.fake_ionq import FakeIonQProcess
@@ -95,15 +95,29 @@ class Figures:
     #: engine sends (almost) nothing (an unreachable IonQ with a budget of 0.01/s)
     cpu_ms_per_submit: float = 0.0
     #: the floor (bench/job_floor.py), same run, same fake: bare httpx CPU per job for the
-    #: same provider requests, and bare uvicorn + Starlette CPU per submit + wait pair
+    #: same provider requests, bare uvicorn + Starlette CPU per submit + wait pair, and
+    #: bare aiosqlite CPU per job for the four transactions the guarantees ask for
     floor_provider_ms: float = 0.0
     floor_api_ms: float = 0.0
+    floor_store_ms: float = 0.0
+    #: the store's commits (transactions) and write operations per job, last round
+    commits_per_job: float = 0.0
+    writes_per_job: float = 0.0
     #: each round's figures (the ones above are the round of the median ratio)
     cpu_rounds: list[float] = field(default_factory=list)
     workers_rounds: list[float] = field(default_factory=list)
     seconds_rounds: list[float] = field(default_factory=list)
     floor_provider_rounds: list[float] = field(default_factory=list)
     floor_api_rounds: list[float] = field(default_factory=list)
+    floor_store_rounds: list[float] = field(default_factory=list)
+
+    def floor(self) -> float:
+        return self.floor_provider_ms + self.floor_api_ms + self.floor_store_ms
+
+    def floor_rounds(self) -> list[float]:
+        return [p + a + s for p, a, s in zip(self.floor_provider_rounds, self.floor_api_rounds,
+                                             self.floor_store_rounds, strict=True)]
+
     #: the machine's 1-minute load average at the start and at the end (other work on it
     #: slows the daemon's two workers more than Qiskit's one process)
     load: list[float] = field(default_factory=list)
@@ -281,7 +295,8 @@ def cpu_per_job(figures: Figures, workdir: Path, jobs: int, quiet: bool,
     work on the host), so a figure is only judged against a floor of the same moment."""
     say = (lambda *a: None) if quiet else print
     say(f"CPU per job: {rounds} rounds of {jobs} single-circuit OpenQASM 3 batches against "
-        "the fake IonQ, each followed by the floor (bare httpx, bare uvicorn + Starlette)")
+        "the fake IonQ, each followed by the floor (bare httpx, bare uvicorn + Starlette, "
+        "bare aiosqlite)")
     with FakeIonQProcess(api_key=KEY, knobs={"duration": [0.2, 0.2]}) as fake:
         config = (f'[daemon]\nlog_level = "warning"\n'
                   f'[backends.ionq]\ntype = "ionq"\nbase_url = "{fake.base_url}"\n'
@@ -304,21 +319,23 @@ def cpu_per_job(figures: Figures, workdir: Path, jobs: int, quiet: bool,
                     figures.floor_provider_rounds.append(
                         provider_floor_ms(fake.base_url, KEY, jobs))
                     figures.floor_api_rounds.append(api_floor_ms(jobs))
+                    figures.floor_store_rounds.append(store_floor_ms(workdir, jobs))
                     say(f"  round {n + 1}: {figures.cpu_rounds[-1]:.2f} ms a job, floor "
                         f"{figures.floor_provider_rounds[-1]:.2f} + "
-                        f"{figures.floor_api_rounds[-1]:.2f} ms")
+                        f"{figures.floor_api_rounds[-1]:.2f} + "
+                        f"{figures.floor_store_rounds[-1]:.2f} ms")
         finally:
             daemon.signal(15)
     figures.cpu_ms_per_submit = submit_path_cpu(workdir, jobs)
     figures.jobs = jobs
-    ratios = [cpu / (p + a) for cpu, p, a in zip(figures.cpu_rounds,
-                                                 figures.floor_provider_rounds,
-                                                 figures.floor_api_rounds, strict=True)]
+    ratios = [cpu / floor for cpu, floor in zip(figures.cpu_rounds, figures.floor_rounds(),
+                                                strict=True)]
     middle = ratios.index(statistics.median_low(ratios))
     # the round of the median ratio stands for the run; every round is listed beside it
     figures.cpu_ms_per_job = figures.cpu_rounds[middle]
     figures.floor_provider_ms = figures.floor_provider_rounds[middle]
     figures.floor_api_ms = figures.floor_api_rounds[middle]
+    figures.floor_store_ms = figures.floor_store_rounds[middle]
     figures.workers_cpu_ms_per_job = figures.workers_rounds[middle]
     figures.seconds_for_jobs = figures.seconds_rounds[middle]
 
@@ -327,6 +344,7 @@ def one_round(figures: Figures, client: httpx.Client, fake: FakeIonQProcess, pid
               workers: list[int], jobs: int, first: int) -> None:
     """``jobs`` batches submitted back to back, then each waited for; the daemon's CPU."""
     before = len(fake.requests())
+    commits0, writes0 = store_counters(client)
     cpu0, wcpu0 = cpu_seconds(pid), sum(cpu_seconds(w) for w in workers)
     started = time.perf_counter()
     ids, api_requests = [], 0
@@ -345,6 +363,9 @@ def one_round(figures: Figures, client: httpx.Client, fake: FakeIonQProcess, pid
                 break
     figures.seconds_rounds.append(time.perf_counter() - started)
     cpu1, wcpu1 = cpu_seconds(pid), sum(cpu_seconds(w) for w in workers)
+    commits1, writes1 = store_counters(client)
+    figures.commits_per_job = (commits1 - commits0) / jobs
+    figures.writes_per_job = (writes1 - writes0) / jobs
     figures.ionq_requests_per_job = (len(fake.requests()) - before) / jobs
     figures.api_requests_per_job = api_requests / jobs
     # the client's own requests (submit, wait) are the daemon's work too, and counted
@@ -353,6 +374,15 @@ def one_round(figures: Figures, client: httpx.Client, fake: FakeIonQProcess, pid
     done = sum(1 for b in ids if client.get(f"/v1/batches/{b}").json()["state"] == "completed")
     if done != jobs:
         figures.notes.append(f"{jobs - done} of the {jobs} IonQ jobs did not complete")
+
+
+def store_counters(client: httpx.Client) -> tuple[float, float]:
+    """The store writer's commits and write operations so far, from ``GET /metrics``."""
+    r = client.get("/metrics")
+    r.raise_for_status()
+    values = dict(line.rsplit(" ", 1) for line in r.text.splitlines()
+                  if line.startswith(("qjobd_store_commits_total ", "qjobd_store_writes_total ")))
+    return float(values["qjobd_store_commits_total"]), float(values["qjobd_store_writes_total"])
 
 
 def submit_path_cpu(workdir: Path, batches: int) -> float:
@@ -405,20 +435,22 @@ ROWS = [
      lambda f: f"{f.cpu_ms_per_job:.2f} ms ({f.jobs} jobs in {f.seconds_for_jobs:.1f} s)",
      "at most 3 ms"),
     ("the floor: bare httpx per job (same requests) + bare uvicorn/Starlette per submit "
-     "+ wait", lambda f: f"{f.floor_provider_ms:.2f} + {f.floor_api_ms:.2f} = "
-                         f"{f.floor_provider_ms + f.floor_api_ms:.2f} ms", ""),
+     "+ wait + bare aiosqlite per job (the guarantees' four transactions)",
+     lambda f: f"{f.floor_provider_ms:.2f} + {f.floor_api_ms:.2f} + {f.floor_store_ms:.2f} = "
+               f"{f.floor():.2f} ms", ""),
     ("ratio: daemon CPU per job / the floor",
-     lambda f: f"{f.cpu_ms_per_job / max(f.floor_provider_ms + f.floor_api_ms, 1e-9):.2f}",
-     ""),
+     lambda f: f"{f.cpu_ms_per_job / max(f.floor(), 1e-9):.2f}", ""),
     ("every round: daemon CPU per job / floor",
-     lambda f: ", ".join(f"{c:.2f} / {p + a:.2f} ms" for c, p, a in zip(
-         f.cpu_rounds, f.floor_provider_rounds, f.floor_api_rounds, strict=True))
+     lambda f: ", ".join(f"{c:.2f} / {floor:.2f} ms" for c, floor in zip(
+         f.cpu_rounds, f.floor_rounds(), strict=True))
      + " (the row above: the round of the median ratio)", ""),
     ("its parse workers' CPU per job", lambda f: f"{f.workers_cpu_ms_per_job:.2f} ms", ""),
     ("of which the submit path: daemon CPU per batch submitted, the engine idle",
      lambda f: f"{f.cpu_ms_per_submit:.2f} ms", ""),
     ("requests per job: the daemon's API answered / the fake IonQ received",
      lambda f: f"{f.api_requests_per_job:.1f} / {f.ionq_requests_per_job:.1f}", ""),
+    ("the store per job: commits (an fsync each) / write operations",
+     lambda f: f"{f.commits_per_job:.2f} / {f.writes_per_job:.2f}", ""),
 ]
 
 
@@ -435,8 +467,8 @@ def verdicts(figures: Figures) -> list[str]:
             f"{'met' if figures.health_p99_ms <= 100 else 'MISSED'}",
             f"CPU per job {figures.cpu_ms_per_job:.2f} ms (target <= 3): "
             f"{'met' if figures.cpu_ms_per_job <= 3 else 'MISSED'}; the floor of the same "
-            f"HTTP work on bare httpx + uvicorn is "
-            f"{figures.floor_provider_ms + figures.floor_api_ms:.2f} ms"]
+            f"HTTP and durable work on bare httpx + uvicorn + aiosqlite is "
+            f"{figures.floor():.2f} ms"]
 
 
 def write_doc(path: Path, figures: Figures, command: str) -> None:

@@ -33,8 +33,14 @@ def test_a_tiny_run_produces_every_figure_and_completes_its_qoro_batch(tmp_path:
     assert figures["seconds_to_201"] > 0 and len(figures["qiskit_seconds"]) == 2
     assert figures["health_samples"] > 0 and figures["health_p99_ms"] < 1000
     assert figures["jobs"] == 20 and figures["cpu_ms_per_job"] > 0
-    # the floor beside it: the same HTTP work from bare httpx and bare uvicorn + Starlette
+    # the floor beside it: the same HTTP work from bare httpx and bare uvicorn + Starlette,
+    # the guarantees' transactions from bare aiosqlite
     assert figures["floor_provider_ms"] > 0 and figures["floor_api_ms"] > 0
+    assert figures["floor_store_ms"] > 0
+    # every job's writes were committed: at least its four (create, intent, id, result),
+    # in at most as many transactions
+    assert figures["writes_per_job"] >= 4 and 0 < figures["commits_per_job"] <= figures[
+        "writes_per_job"]
     assert figures["seconds_to_completed"] >= figures["seconds_to_201"]
 
 
