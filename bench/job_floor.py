@@ -19,8 +19,10 @@ the same run as the daemon:
   stored before the 201 (guarantee 1), its intent before the create (2), its remote id,
   and its result with its terminal state (3). The first, second and fourth
   are ``synchronous=FULL`` commits (an fsync each), as a power loss must not undo them;
-  the remote id's is not synced (a job whose id a power loss took is found again by its
-  key: guarantee 2). Its own process CPU per job.
+  the remote id's is not synced (for a backend that looks jobs up by their key, as IonQ
+  does, a job whose id a power loss took is found again: guarantee 2). No group commit:
+  the daemon shares some transactions between jobs (about 2.9 commits a job here), so
+  this part may be above what a daemon needs by an fsync or so. Its own process CPU per job.
 
 All three run on uvloop's event loop, as the daemon does, and httpx with its own
 transport. No validation, no engine, no parse workers, no logs: the sum is what any
@@ -217,7 +219,7 @@ async def _store_jobs(path: Path, jobs: int) -> float:
 
 
 def store_floor_ms(directory: Path, jobs: int) -> float:
-    """Bare sqlite3 CPU (ms) per job's durable writes, in a database under ``directory``
+    """Bare aiosqlite CPU (ms) per job's durable writes, in a database under ``directory``
     (the daemon's filesystem: an fsync costs what the daemon's does)."""
     with tempfile.TemporaryDirectory(prefix="qjobd-floor-", dir=directory) as tmp:
         out = subprocess.run([sys.executable, "-m", "bench.job_floor", "--store",

@@ -100,7 +100,7 @@ class Figures:
     floor_provider_ms: float = 0.0
     floor_api_ms: float = 0.0
     floor_store_ms: float = 0.0
-    #: the store's commits (transactions) and write operations per job, last round
+    #: the store's commits (transactions) and write operations per job
     commits_per_job: float = 0.0
     writes_per_job: float = 0.0
     #: each round's figures (the ones above are the round of the median ratio)
@@ -110,6 +110,8 @@ class Figures:
     floor_provider_rounds: list[float] = field(default_factory=list)
     floor_api_rounds: list[float] = field(default_factory=list)
     floor_store_rounds: list[float] = field(default_factory=list)
+    commits_rounds: list[float] = field(default_factory=list)
+    writes_rounds: list[float] = field(default_factory=list)
 
     def floor(self) -> float:
         return self.floor_provider_ms + self.floor_api_ms + self.floor_store_ms
@@ -336,6 +338,8 @@ def cpu_per_job(figures: Figures, workdir: Path, jobs: int, quiet: bool,
     figures.floor_provider_ms = figures.floor_provider_rounds[middle]
     figures.floor_api_ms = figures.floor_api_rounds[middle]
     figures.floor_store_ms = figures.floor_store_rounds[middle]
+    figures.commits_per_job = figures.commits_rounds[middle]
+    figures.writes_per_job = figures.writes_rounds[middle]
     figures.workers_cpu_ms_per_job = figures.workers_rounds[middle]
     figures.seconds_for_jobs = figures.seconds_rounds[middle]
 
@@ -364,8 +368,8 @@ def one_round(figures: Figures, client: httpx.Client, fake: FakeIonQProcess, pid
     figures.seconds_rounds.append(time.perf_counter() - started)
     cpu1, wcpu1 = cpu_seconds(pid), sum(cpu_seconds(w) for w in workers)
     commits1, writes1 = store_counters(client)
-    figures.commits_per_job = (commits1 - commits0) / jobs
-    figures.writes_per_job = (writes1 - writes0) / jobs
+    figures.commits_rounds.append((commits1 - commits0) / jobs)
+    figures.writes_rounds.append((writes1 - writes0) / jobs)
     figures.ionq_requests_per_job = (len(fake.requests()) - before) / jobs
     figures.api_requests_per_job = api_requests / jobs
     # the client's own requests (submit, wait) are the daemon's work too, and counted

@@ -6,49 +6,49 @@ round trip to the store's reader thread, for circuits the API had in hand as it 
 them. The API now hands them over with the batch, and the engine keeps them here until
 the job ends.
 
-Bounded by the bytes of QASM held (oldest out first), so a deep queue of large batches
-costs no more memory than the bound: a job whose circuits are not here is read from the
-store, as before.
+Bounded by the QASM it holds (in characters: about the bytes of the sources, which are
+mostly ASCII), one cache for each backend's engine. When it is full, new circuits are not
+kept, rather than old ones put out: jobs are submitted in the order they were queued, so
+the oldest entries are the next creates, and putting them out for newer ones would leave
+a queue longer than the bound with no hits at all. Room comes back as jobs end. A job
+whose circuits are not here is read from the store, as before.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 
 from qjobd.store.models import CircuitRecord
 
-#: the default bound: 16 MiB of QASM (a few thousand ordinary jobs)
-MAX_BYTES = 16 * 1024 * 1024
+#: the default bound: 16 Mi characters of QASM (a few thousand ordinary jobs)
+MAX_CHARS = 16 * 1024 * 1024
 
 
 class CircuitCache:
-    """Circuit records by job id, at most ``max_bytes`` of QASM source in all."""
+    """Circuit records by job id, at most ``max_chars`` characters of QASM source in all."""
 
-    def __init__(self, max_bytes: int = MAX_BYTES) -> None:
-        self._max_bytes = max_bytes
-        self._bytes = 0
-        self._jobs: OrderedDict[str, tuple[Sequence[CircuitRecord], int]] = OrderedDict()
+    def __init__(self, max_chars: int = MAX_CHARS) -> None:
+        self._max_chars = max_chars
+        self._chars = 0
+        self._jobs: dict[str, tuple[Sequence[CircuitRecord], int]] = {}
 
     def __len__(self) -> int:
         return len(self._jobs)
 
     @property
-    def bytes(self) -> int:
-        return self._bytes
+    def chars(self) -> int:
+        return self._chars
 
-    def put(self, job_id: str, records: Sequence[CircuitRecord]) -> None:
-        """Keep a job's circuits, putting out the oldest if need be; circuits larger than
-        the whole bound are not kept."""
+    def put(self, job_id: str, records: Sequence[CircuitRecord]) -> bool:
+        """Keep a job's circuits if they fit in what is left of the bound; says whether
+        they were kept."""
         self.drop(job_id)
         size = sum(len(r.source) for r in records)
-        if size > self._max_bytes:
-            return
-        while self._jobs and self._bytes + size > self._max_bytes:
-            _, (_, old) = self._jobs.popitem(last=False)
-            self._bytes -= old
+        if not records or self._chars + size > self._max_chars:
+            return False
         self._jobs[job_id] = (tuple(records), size)
-        self._bytes += size
+        self._chars += size
+        return True
 
     def get(self, job_id: str) -> Sequence[CircuitRecord] | None:
         entry = self._jobs.get(job_id)
@@ -57,4 +57,4 @@ class CircuitCache:
     def drop(self, job_id: str) -> None:
         entry = self._jobs.pop(job_id, None)
         if entry is not None:
-            self._bytes -= entry[1]
+            self._chars -= entry[1]

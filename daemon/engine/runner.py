@@ -123,6 +123,8 @@ class RunnerStats:
     polling: PollingConfig = field(default_factory=PollingConfig)
     #: seconds from a poll's due time to its request being sent, per job polled
     poll_lag: Histogram = field(default_factory=Histogram)
+    #: jobs whose circuits the engine holds in memory (daemon/engine/circuitcache.py)
+    circuits_cached: int = 0
 
 
 class BackendRunner:
@@ -176,7 +178,8 @@ class BackendRunner:
             errors=self._errors, last_error=self._last_error,
             requests_per_second=budget.rate, paused_for=budget.paused_for,
             granted=budget.granted, budget_waiters=budget.waiting,
-            polling=self._config.polling, poll_lag=self._poll_lag.copy())
+            polling=self._config.polling, poll_lag=self._poll_lag.copy(),
+            circuits_cached=len(self._circuits))
 
     async def reconfigure(self, config: BackendConfig) -> None:
         """Take new settings in place (SIGHUP); no job stops.
@@ -258,7 +261,7 @@ class BackendRunner:
                 continue
             self._jobs[job.id] = Tracked(job.id, job.batch_id, job.state, None, None, None,
                                          submission_key=job.submission_key, epoch=epoch)
-            if by_label and all(label in by_label for label in job.labels):
+            if by_label and job.labels and all(label in by_label for label in job.labels):
                 self._circuits.put(job.id, [by_label[label] for label in job.labels])
             self._submit_queue.put_nowait(job.id)
 
@@ -844,8 +847,8 @@ class BackendRunner:
         self._on_batch_change(tracked.batch_id)
 
     async def _records(self, job_id: str) -> Sequence[CircuitRecord]:
-        """A job's circuits: as the API handed them over, else from the store (kept until
-        the job ends, for its results)."""
+        """A job's circuits: as the API handed them over, else from the store (then kept
+        until the job ends, for its results, if the cache has room)."""
         records = self._circuits.get(job_id)
         if records is None:
             records = await self._store.circuits(job_id)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-from qjobd.backends.base import Capabilities, RemoteState
+from qjobd.backends.base import Capabilities, Circuit, Counts, RemoteState
 from qjobd.daemon.config import parse_config
 from qjobd.daemon.engine.notify import BatchChanges
 from qjobd.daemon.engine.scheduler import Scheduler
@@ -310,6 +310,7 @@ async def test_a_job_that_starts_keeps_its_backoff_instead_of_polling_from_1s_ag
         await asyncio.gather(task, return_exceptions=True)
 
 
+
 def counting_circuit_reads(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The job ids of every ``store.circuits`` read (the real read still runs)."""
     reads: list[str] = []
@@ -323,31 +324,82 @@ def counting_circuit_reads(store: Store, monkeypatch: pytest.MonkeyPatch) -> lis
     return reads
 
 
+class ResultsSeen(ScriptedBackend):
+    """The scripted backend, keeping the circuits each ``results`` call is given."""
+
+    def __init__(self, name: str, config: dict) -> None:
+        super().__init__(name, config)
+        self.given: list[list[str]] = []
+
+    async def results(self, remote_id: str, circuits: Sequence[Circuit]) -> dict[str, Counts]:
+        self.given.append([c.source for c in circuits])
+        return await super().results(remote_id, circuits)
+
+
+def distinct(n: int) -> list[CircuitRecord]:
+    return [CircuitRecord(f"c{i}", BELL2.replace("h q[0];", f"h q[0];\n// {i}"), 2, 2, 2)
+            for i in range(n)]
+
+
+def cached(scheduler: Scheduler) -> int:
+    return scheduler.stats()["fake"].circuits_cached
+
+
+@pytest.mark.parametrize("grouping", ["a job each", "one job"])
 async def test_circuits_handed_over_with_the_batch_are_not_read_back(
-        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+        store: Store, monkeypatch: pytest.MonkeyPatch, grouping: str) -> None:
     reads = counting_circuit_reads(store, monkeypatch)
-    backend = ScriptedBackend("fake", {})
-    circuits = [CircuitRecord(f"c{i}", BELL2.replace("h q[0];", f"h q[0];\n// {i}"), 2, 2, 2)
-                for i in range(3)]
+    backend = ResultsSeen("fake", {})
+    circuits = distinct(3)
+    groups = ([[c.label] for c in circuits] if grouping == "a job each"
+              else [[c.label for c in circuits]])
     async with running(store, backend) as scheduler:
+        await scheduler.resumed.wait()  # else the resume may read the new batch itself
         batch, _ = await store.create_batch(NewBatch(
-            owner_uid=0, backend="fake", shots=10, circuits=circuits,
-            groups=[[c.label] for c in circuits]))
+            owner_uid=0, backend="fake", shots=10, circuits=circuits, groups=groups))
         scheduler.accepted(batch, circuits)
         await batch_is(store, batch.id, JobState.COMPLETED)
+        assert cached(scheduler) == 0  # let go as each job ended
     assert reads == []  # neither for the creates nor for the results
-    sent = {c.label: c.source for job in backend.jobs.values() for c in job.request.circuits}
-    assert sent == {c.label: c.source for c in circuits}
+    # each job sent, and given to results, its own circuits as stored, in their order
+    sent = [[c.source for c in job.request.circuits] for job in backend.jobs.values()]
+    assert sorted(sent) == sorted(backend.given) == sorted(
+        [[c.source for c in circuits if c.label in group] for group in groups])
     assert [r.label for r in await store.results(batch.id)] == ["c0", "c1", "c2"]
 
 
 async def test_without_them_each_job_s_circuits_are_read_once(
         store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     reads = counting_circuit_reads(store, monkeypatch)
-    backend = ScriptedBackend("fake", {})
+    backend = ResultsSeen("fake", {})
     async with running(store, backend) as scheduler:
+        await scheduler.resumed.wait()
         batch = await new_batch(store, 3)
         scheduler.accepted(batch)  # as a resume finds them: nothing in hand
         await batch_is(store, batch.id, JobState.COMPLETED)
+        assert cached(scheduler) == 0
     assert sorted(reads) == sorted(j.id for j in batch.jobs)  # for the create, not again
+    assert sorted(backend.given) == sorted([[BELL2]] * 3)
     assert all(r.counts == {"00": 10} for r in await store.results(batch.id))
+
+
+@pytest.mark.parametrize("how", ["canceled", "released"])
+async def test_the_circuits_of_a_job_that_leaves_the_engine_are_let_go(
+        store: Store, how: str) -> None:
+    backend = ScriptedBackend("fake", {"hold": True})
+    circuits = distinct(2)
+    async with running(store, backend) as scheduler:
+        await scheduler.resumed.wait()
+        batch, _ = await store.create_batch(NewBatch(
+            owner_uid=0, backend="fake", shots=10, circuits=circuits,
+            groups=[[c.label] for c in circuits]))
+        scheduler.accepted(batch, circuits)
+        assert cached(scheduler) == 2
+        await eventually(lambda: len(backend.jobs) == 2)
+        if how == "canceled":
+            await store.request_cancel(batch.id)
+            scheduler.cancel(await store.get_batch(batch.id))
+            await batch_is(store, batch.id, JobState.CANCELED)
+        else:  # its lease passed to another node
+            scheduler.runners["fake"].release([j.id for j in batch.jobs], "a test")
+        assert cached(scheduler) == 0
